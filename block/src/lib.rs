@@ -1,0 +1,24 @@
+//! The block layer: named drives (`BlockBackend`) over drivers, with QEMU's
+//! error policies. At this stage it holds the vocabulary the rest of the VMM
+//! already needs to parse and validate drive options; the backend and its
+//! drivers build on these types.
+
+pub mod policy;
+
+pub use policy::{AioEngine, CacheMode, ErrorAction, OnError};
+
+/// Errors of the block crate.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// A policy, cache mode or engine name that is not one of the known words.
+    #[error("invalid {what} '{value}' (expected one of: {expected})")]
+    InvalidValue {
+        what: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    /// `enospc` makes no sense for reads: QEMU rejects it too, and accepting it
+    /// would let a read error set a "no space" iostatus.
+    #[error("'enospc' is not a valid read error action")]
+    EnospcForRead,
+}
