@@ -1,0 +1,75 @@
+//! The VMM as a library: `config` turns the command line into a checked
+//! `VmConfig`, `machine` turns that into a running KVM guest, and `run`
+//! maps the result to a process exit status. The binary is a thin shell
+//! around `run` so that tests can reach every part.
+
+pub mod acpi;
+pub mod arch;
+pub mod boot;
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod exit;
+pub mod machine;
+pub mod vcpu;
+
+use std::path::PathBuf;
+
+/// Everything that can stop the VMM before or while it starts a guest.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("cannot open /dev/kvm: {0}")]
+    KvmOpen(kvm_ioctls::Error),
+    #[error("KVM lacks a capability this VMM needs: {0}")]
+    KvmCapability(&'static str),
+    #[error("KVM {0}: {1}")]
+    Kvm(&'static str, kvm_ioctls::Error),
+    #[error("cannot allocate {0} bytes of guest memory: {1}")]
+    GuestMemory(u64, vm_memory::mmap::FromRangesError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Acpi(#[from] acpi::AcpiError),
+    #[error(transparent)]
+    Regs(#[from] arch::regs::RegsError),
+    #[error("device setup: {0}")]
+    Device(#[from] devices::Error),
+    #[error("--serial file:{0}: {1}")]
+    SerialFile(PathBuf, std::io::Error),
+    #[error("{0}: {1}")]
+    Io(&'static str, std::io::Error),
+    #[error("event loop: {0}")]
+    EventManager(event_manager::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Parses, boots and runs; returns the process exit status.
+/// 0: the guest powered off or reset, or a signal or Ctrl-A x ended it.
+/// 1: bad input or a host-side failure (one line on stderr).
+/// 2: the guest crashed (triple fault, KVM internal error); registers on stderr.
+pub fn run(cli: &cli::Cli) -> i32 {
+    let config = match config::VmConfig::from_cli(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            return 1;
+        }
+    };
+    match machine::run(&config) {
+        Ok(reason) => {
+            match &reason {
+                exit::ExitReason::GuestCrash(msg) => eprintln!("vmm: guest crashed: {msg}"),
+                exit::ExitReason::Signal(sig) => eprintln!("vmm: terminating on signal {sig}"),
+                _ => {}
+            }
+            reason.exit_code()
+        }
+        Err(e) => {
+            eprintln!("vmm: {e}");
+            1
+        }
+    }
+}

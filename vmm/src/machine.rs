@@ -1,0 +1,301 @@
+//! Builds the KVM machine from a `VmConfig`, runs it, and tears it down.
+//!
+//! Order matters for "nothing half-started": everything that can fail
+//! (KVM, memory, kernel, devices, vCPU state) happens before the terminal
+//! changes mode and before any thread starts. Once threads run, every exit
+//! path goes through `stop_and_join` and the terminal guard.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use devices::legacy::{AcpiPower, EventFdTrigger, Serial, I8042};
+use devices::Bus;
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::{cpuid, layout::*, regs};
+use crate::config::{SerialOutput, VmConfig};
+use crate::console::{self, Escape, Input, RawStdout, RawTerminal};
+use crate::exit::{ExitReason, Shutdown};
+use crate::vcpu::{self, Vcpu, VcpuControl};
+use crate::{acpi, boot, Error, Result};
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |e| Error::Kvm(what, e)
+}
+
+fn evt() -> Result<EventFd> {
+    EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Io("eventfd", e))
+}
+
+fn check_kvm(kvm: &Kvm) -> Result<()> {
+    for (cap, name) in [
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        (Cap::Pit2, "KVM_CAP_PIT2"),
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+        (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+        (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(Error::KvmCapability(name));
+        }
+    }
+    Ok(())
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
+    for (slot, region) in mem.iter().enumerate() {
+        let r = kvm_userspace_memory_region {
+            slot: slot as u32,
+            guest_phys_addr: region.start_addr().raw_value(),
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the region is a live mmap owned by `mem`, which outlives
+        // the VM (both are dropped together at the end of `run`).
+        unsafe { vm.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(())
+}
+
+fn serial_output(cfg: &SerialOutput) -> Result<Box<dyn Write + Send>> {
+    Ok(match cfg {
+        SerialOutput::Stdio => Box::new(RawStdout),
+        SerialOutput::None => Box::new(std::io::sink()),
+        SerialOutput::File(p) => Box::new(File::create(p).map_err(|e| Error::SerialFile(p.clone(), e))?),
+    })
+}
+
+/// SIGINT, SIGTERM and SIGHUP, blocked in every thread and read from a
+/// signalfd by the event loop, so that a signal means an orderly stop.
+fn block_exit_signals() -> Result<OwnedFd> {
+    // SAFETY: sigset manipulation on a local, zero-initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(Error::Io("pthread_sigmask", std::io::Error::last_os_error()));
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(Error::Io("signalfd", std::io::Error::last_os_error()));
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// The main thread's event handler: host signals, guest power events and
+/// console input.
+struct Controller {
+    shutdown: Arc<Shutdown>,
+    signals: OwnedFd,
+    poweroff: EventFd,
+    reset: EventFd,
+    serial: Arc<Mutex<Serial>>,
+    stdin: Option<RawFd>,
+    escape: Escape,
+    /// Keyboard input the UART's FIFO had no room for yet.
+    pending: Vec<u8>,
+}
+
+impl Controller {
+    fn feed_serial(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let n = devices::bus::lock(&self.serial).enqueue_input(&self.pending);
+        self.pending.drain(..n);
+    }
+
+    fn read_stdin(&mut self, fd: RawFd, ops: &mut EventOps) {
+        let mut buf = [0u8; 256];
+        // SAFETY: reads into a local buffer of the given size.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n == 0 || (n < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock) {
+            // End of input (or a dead terminal): stop watching it.
+            let _ = ops.remove(Events::empty_raw(fd));
+            self.stdin = None;
+            return;
+        }
+        if n < 0 {
+            return;
+        }
+        match self.escape.feed(&buf[..n as usize]) {
+            Input::Quit => self.shutdown.request(ExitReason::Quit),
+            Input::Guest(bytes) => {
+                self.pending.extend_from_slice(&bytes);
+                self.feed_serial();
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for Controller {
+    fn init(&mut self, ops: &mut EventOps) {
+        let watched = [
+            self.signals.as_raw_fd(),
+            self.poweroff.as_raw_fd(),
+            self.reset.as_raw_fd(),
+            self.shutdown.evt.as_raw_fd(),
+        ];
+        for fd in watched {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                eprintln!("vmm: event loop: cannot watch fd {fd}: {e:?}");
+                self.shutdown.request(ExitReason::GuestCrash(format!("event loop setup failed: {e:?}")));
+            }
+        }
+        if let Some(fd) = self.stdin {
+            // epoll refuses regular files (stdin redirected from a file):
+            // then there is simply no console input.
+            if ops.add(Events::new_raw(fd, EventSet::IN)).is_err() {
+                self.stdin = None;
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.signals.as_raw_fd() {
+            // SAFETY: signalfd_siginfo is plain data; read fills it.
+            let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+            let size = std::mem::size_of::<libc::signalfd_siginfo>();
+            let n = unsafe { libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+            if n == size as isize {
+                self.shutdown.request(ExitReason::Signal(info.ssi_signo as i32));
+            }
+        } else if fd == self.poweroff.as_raw_fd() {
+            let _ = self.poweroff.read();
+            self.shutdown.request(ExitReason::PowerOff);
+        } else if fd == self.reset.as_raw_fd() {
+            let _ = self.reset.read();
+            self.shutdown.request(ExitReason::Reset);
+        } else if fd == self.shutdown.evt.as_raw_fd() {
+            let _ = self.shutdown.evt.read();
+        } else if Some(fd) == self.stdin {
+            self.read_stdin(fd, ops);
+        }
+    }
+}
+
+/// Boots the configured guest and runs it to the end.
+pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
+    let serial_out = serial_output(&cfg.serial)?;
+
+    let kvm = Kvm::new().map_err(Error::KvmOpen)?;
+    check_kvm(&kvm)?;
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDR as usize).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.set_identity_map_address(KVM_IDENTITY_MAP_ADDR).map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    // The dummy speaker lets KVM own port 0x61, which Linux polls to
+    // calibrate the TSC against PIT channel 2.
+    let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+
+    let mem = create_guest_memory(cfg.memory).map_err(|e| Error::GuestMemory(cfg.memory, e))?;
+    register_memory(&vm, &mem)?;
+
+    // Devices.
+    let shutdown = Arc::new(Shutdown::new().map_err(|e| Error::Io("eventfd", e))?);
+    let poweroff = evt()?;
+    let reset = evt()?;
+    let serial_irq = evt()?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ).map_err(kvm_err("KVM_IRQFD"))?;
+    let serial = Arc::new(Mutex::new(Serial::new(EventFdTrigger(serial_irq), serial_out)));
+    let trigger = |e: &EventFd| e.try_clone().map(EventFdTrigger).map_err(|e| Error::Io("eventfd", e));
+    let mut pio = Bus::new();
+    pio.insert(serial.clone(), u64::from(SERIAL_PORT), 8)?;
+    pio.insert(Arc::new(Mutex::new(I8042::new(trigger(&reset)?))), u64::from(I8042_PORT), 5)?;
+    pio.insert(
+        Arc::new(Mutex::new(AcpiPower::new(trigger(&poweroff)?, trigger(&reset)?))),
+        u64::from(ACPI_PM_PORT),
+        u64::from(ACPI_PM_LEN),
+    )?;
+    let pio = Arc::new(pio);
+    let mmio = Arc::new(Bus::new());
+
+    // Guest memory contents and boot state.
+    acpi::create_tables(&mem, cfg.cpus, &[])?;
+    let entry = boot::load_linux(&mem, cfg.memory, &cfg.kernel, &cfg.kernel_format, cfg.initrd.as_deref(), &cfg.cmdline)?;
+
+    let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let control = Arc::new(VcpuControl::new(cfg.paused));
+    let mut vcpus = Vec::with_capacity(cfg.cpus as usize);
+    for id in 0..cfg.cpus {
+        let fd = vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let mut c = supported.clone();
+        cpuid::patch(&mut c, id, cfg.cpus);
+        fd.set_cpuid2(&c).map_err(kvm_err("KVM_SET_CPUID2"))?;
+        regs::setup_msrs(&fd)?;
+        regs::setup_fpu(&fd)?;
+        regs::setup_lint(&fd)?;
+        if id == 0 {
+            regs::setup_regs(&fd, entry.entry)?;
+            regs::setup_sregs(&mem, &fd)?;
+        }
+        vcpus.push(Vcpu { id, fd, pio: pio.clone(), mmio: mmio.clone(), control: control.clone(), shutdown: shutdown.clone() });
+    }
+    debug_assert!(mem.address_in_range(GuestAddress(ZERO_PAGE_ADDR)));
+
+    // From here on: signals, terminal, threads. Every path below ends in
+    // stop_and_join and drops the terminal guard.
+    let signals = block_exit_signals()?;
+    vcpu::register_kick_handler().map_err(|e| Error::Io("sigaction", std::io::Error::from_raw_os_error(e.errno())))?;
+    let interactive = cfg.serial == SerialOutput::Stdio && console::is_tty(0);
+    let terminal = if interactive { RawTerminal::enable().ok() } else { None };
+
+    let mut threads = Vec::with_capacity(vcpus.len());
+    let mut spawn_error = None;
+    for v in vcpus {
+        match v.spawn() {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                spawn_error = Some(Error::Io("spawning a vCPU thread", e));
+                break;
+            }
+        }
+    }
+
+    let result = match spawn_error {
+        Some(e) => Err(e),
+        None => event_loop(Controller {
+            shutdown: shutdown.clone(),
+            signals,
+            poweroff,
+            reset,
+            serial,
+            stdin: (cfg.serial == SerialOutput::Stdio).then_some(0),
+            escape: Escape::new(interactive),
+            pending: Vec::new(),
+        }),
+    };
+    control.stop_and_join(threads);
+    drop(terminal);
+    result?;
+    Ok(shutdown.reason().unwrap_or(ExitReason::Quit))
+}
+
+fn event_loop(controller: Controller) -> Result<()> {
+    let shutdown = controller.shutdown.clone();
+    let controller = Arc::new(Mutex::new(controller));
+    let mut em = EventManager::<Arc<Mutex<Controller>>>::new().map_err(Error::EventManager)?;
+    em.add_subscriber(controller.clone());
+    while shutdown.reason().is_none() {
+        // Poll while keyboard input waits for FIFO room, block otherwise.
+        let timeout = if devices::bus::lock(&controller).pending.is_empty() { -1 } else { 10 };
+        em.run_with_timeout(timeout).map_err(Error::EventManager)?;
+        devices::bus::lock(&controller).feed_serial();
+    }
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! vCPU threads: each runs KVM_RUN in a loop and routes port and MMIO exits
+//! to the buses. Everything else a running guest does (interrupts, timers,
+//! APIC, HLT, INIT/SIPI for the APs) stays inside KVM.
+//!
+//! The main thread controls vCPUs through `VcpuControl`: pause/resume (the
+//! `--paused` start now, QMP stop/cont and werror=stop later) and stop.
+//! A vCPU blocked in KVM_RUN is kicked out with a signal; the kick is
+//! repeated until the vCPU acknowledges, so a signal that lands just before
+//! KVM_RUN is entered cannot be lost.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use devices::Bus;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::regs;
+use crate::exit::{ExitReason, Shutdown};
+
+/// The signal used to kick vCPUs out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the no-op kick handler: the signal only needs to interrupt the
+/// ioctl (EINTR), not to do anything.
+pub fn register_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    register_signal_handler(kick_signal(), handle_kick)
+}
+
+#[derive(Default)]
+struct Gate {
+    paused: bool,
+    stopping: bool,
+    /// vCPUs currently waiting at the gate.
+    parked: usize,
+}
+
+/// Shared between the main thread and every vCPU thread.
+#[derive(Default)]
+pub struct VcpuControl {
+    /// Fast-path flag checked before each KVM_RUN: set when the gate needs
+    /// a look (pause or stop requested).
+    attention: AtomicBool,
+    gate: Mutex<Gate>,
+    cv: Condvar,
+}
+
+impl VcpuControl {
+    pub fn new(paused: bool) -> Self {
+        let c = VcpuControl::default();
+        if paused {
+            c.gate.lock().unwrap_or_else(|e| e.into_inner()).paused = true;
+            c.attention.store(true, Ordering::SeqCst);
+        }
+        c
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gate> {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits while paused. Returns false when the vCPU must exit.
+    fn checkpoint(&self) -> bool {
+        if !self.attention.load(Ordering::SeqCst) {
+            return true;
+        }
+        let mut g = self.lock();
+        if g.paused && !g.stopping {
+            g.parked += 1;
+            self.cv.notify_all();
+            while g.paused && !g.stopping {
+                g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
+            g.parked -= 1;
+        }
+        !g.stopping
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Stops every vCPU at its next checkpoint and waits until all `n` are
+    /// parked, kicking those still in the guest.
+    pub fn pause(&self, threads: &[JoinHandle<()>]) {
+        {
+            let mut g = self.lock();
+            g.paused = true;
+            self.attention.store(true, Ordering::SeqCst);
+            if g.parked == threads.len() {
+                return;
+            }
+        }
+        loop {
+            for t in threads.iter().filter(|t| !t.is_finished()) {
+                let _ = t.kill(kick_signal());
+            }
+            let g = self.lock();
+            let live = threads.iter().filter(|t| !t.is_finished()).count();
+            let (g, _) = self.cv.wait_timeout(g, Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner());
+            if g.parked >= live || g.stopping {
+                return;
+            }
+        }
+    }
+
+    pub fn resume(&self) {
+        let mut g = self.lock();
+        g.paused = false;
+        if !g.stopping {
+            self.attention.store(false, Ordering::SeqCst);
+        }
+        self.cv.notify_all();
+    }
+
+    /// Makes every vCPU thread return, and joins them.
+    pub fn stop_and_join(&self, threads: Vec<JoinHandle<()>>) {
+        {
+            let mut g = self.lock();
+            g.stopping = true;
+            self.attention.store(true, Ordering::SeqCst);
+            self.cv.notify_all();
+        }
+        for t in &threads {
+            while !t.is_finished() {
+                let _ = t.kill(kick_signal());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+pub struct Vcpu {
+    pub id: u8,
+    pub fd: VcpuFd,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub control: Arc<VcpuControl>,
+    pub shutdown: Arc<Shutdown>,
+}
+
+impl Vcpu {
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new().name(format!("vcpu{}", self.id)).spawn(move || self.run())
+    }
+
+    fn crash(&self, what: String) {
+        let msg = format!("vCPU {}: {what}\n{}", self.id, regs::dump(&self.fd));
+        self.shutdown.request(ExitReason::GuestCrash(msg));
+    }
+
+    fn run(mut self) {
+        while self.control.checkpoint() {
+            match self.fd.run() {
+                Ok(exit) => match exit {
+                    VcpuExit::IoIn(port, data) => {
+                        if !self.pio.read(u64::from(port), data) {
+                            data.fill(0xff);
+                        }
+                    }
+                    VcpuExit::IoOut(port, data) => {
+                        self.pio.write(u64::from(port), data);
+                    }
+                    VcpuExit::MmioRead(addr, data) => {
+                        if !self.mmio.read(addr, data) {
+                            data.fill(0xff);
+                        }
+                    }
+                    VcpuExit::MmioWrite(addr, data) => {
+                        self.mmio.write(addr, data);
+                    }
+                    VcpuExit::Hlt => {}
+                    VcpuExit::Shutdown => {
+                        self.crash("triple fault (KVM_EXIT_SHUTDOWN)".into());
+                        return;
+                    }
+                    VcpuExit::SystemEvent(kind, _) => {
+                        let reason = match kind {
+                            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::PowerOff,
+                            kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                            other => ExitReason::GuestCrash(format!("vCPU {}: system event {other}", self.id)),
+                        };
+                        self.shutdown.request(reason);
+                        return;
+                    }
+                    VcpuExit::FailEntry(reason, cpu) => {
+                        self.crash(format!("KVM_EXIT_FAIL_ENTRY, hardware reason {reason:#x} on host CPU {cpu}"));
+                        return;
+                    }
+                    VcpuExit::InternalError => {
+                        self.crash("KVM internal error".into());
+                        return;
+                    }
+                    other => {
+                        let what = format!("unexpected exit {other:?}");
+                        self.crash(what);
+                        return;
+                    }
+                },
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => {
+                    self.crash(format!("KVM_RUN failed: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+}
