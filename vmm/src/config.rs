@@ -474,7 +474,7 @@ mod tests {
             (format!("file={},noequals", f.display()), "KEY=VALUE"),
         ];
         for (spec, needle) in cases {
-            let e = parse_drives(&[spec.clone()]).unwrap_err().to_string();
+            let e = parse_drives(std::slice::from_ref(&spec)).unwrap_err().to_string();
             assert!(e.contains(needle), "'{spec}' gave '{e}'");
             assert!(!e.contains('\n'));
         }

@@ -25,7 +25,7 @@ pub const CMDLINE_MAX: usize = 0x10000;
 /// The Extended BIOS Data Area starts here on a PC: usable RAM ends below it.
 pub const EBDA_START: u64 = 0x9fc00;
 pub const ACPI_START: u64 = 0xe0000;
-pub const ACPI_MAX: u64 = 0x20000;
+pub const ACPI_MAX: u64 = 0x10000;
 pub const HIMEM_START: u64 = 0x10_0000;
 /// Where a real-mode CPU starts after reset (F000:FFF0).
 pub const RESET_VECTOR: u64 = 0xffff0;
@@ -52,6 +52,15 @@ pub const ACPI_PM_LEN: u16 = 3;
 pub const SERIAL_PORT: u16 = 0x3f8;
 pub const SERIAL_IRQ: u32 = 4;
 pub const I8042_PORT: u16 = 0x60;
+
+// The fixed areas must not overlap; checked when compiling.
+const _: () = {
+    assert!(PD_ADDR + 0x1000 <= CMDLINE_ADDR);
+    assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= EBDA_START);
+    assert!(ACPI_START + ACPI_MAX <= RESET_VECTOR);
+    assert!(VIRTIO_MMIO_BASE + 32 * VIRTIO_MMIO_SLOT <= IOAPIC_ADDR);
+    assert!(KVM_IDENTITY_MAP_ADDR > LAPIC_ADDR && KVM_TSS_ADDR + 3 * 0x1000 <= FOUR_GIB);
+};
 
 /// The RAM regions for a guest of `size` bytes.
 pub fn ram_regions(size: u64) -> Vec<(GuestAddress, usize)> {
@@ -107,14 +116,5 @@ mod tests {
         assert_eq!(r[0].1 as u64 + r[1].1 as u64, size);
         let map = e820_map(size);
         assert!(map.iter().all(|&(a, l, _)| a + l <= MMIO_HOLE_START || a >= FOUR_GIB));
-    }
-
-    #[test]
-    fn fixed_areas_do_not_overlap() {
-        assert!(PD_ADDR + 0x1000 <= CMDLINE_ADDR);
-        assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= EBDA_START);
-        assert!(ACPI_START + ACPI_MAX <= HIMEM_START);
-        assert!(VIRTIO_MMIO_BASE + 32 * VIRTIO_MMIO_SLOT <= IOAPIC_ADDR);
-        assert!(KVM_TSS_ADDR + 3 * 0x1000 <= 0xffff_ffff && KVM_IDENTITY_MAP_ADDR > LAPIC_ADDR);
     }
 }
