@@ -1,1 +1,270 @@
-pub fn x(){}
+//! End-to-end harness: runs a shell scenario that starts our VMM with the
+//! real Debian guest and returns what the console printed.
+//!
+//! Where the host's /dev/kvm is hardware virtualization, the scenario runs
+//! directly. Where it is not (our machines: the `kvm_pvm` software
+//! hypervisor, on which a stock kernel cannot boot), the scenario runs inside
+//! an L1 Linux VM under QEMU TCG that loads kvm-amd and offers a real
+//! /dev/kvm; the VMM then boots the L2 guest there. See
+//! shared/reference/test-environment.md for the measurements behind this.
+//!
+//! A scenario sees `$VMM` (our binary), `$IMAGES` (kernel, initramfs, ISO)
+//! and a writable `$WORK` directory, and reports with `echo MARKER=...`
+//! lines that tests assert on.
+
+pub mod cpio;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The guest images, built once per test run by resources/make-images.sh
+/// (which reuses its downloads).
+pub fn images() -> &'static Path {
+    static IMAGES: OnceLock<PathBuf> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let dir = std::env::var_os("VMM_IMAGES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("resources/out"));
+        let status = Command::new("bash")
+            .arg(workspace_root().join("resources/make-images.sh"))
+            .env("VMM_IMAGES", &dir)
+            .status()
+            .expect("running resources/make-images.sh");
+        assert!(status.success(), "resources/make-images.sh failed");
+        dir
+    })
+}
+
+/// Our VMM, built in release mode: inside L1 every exit costs TCG time, so a
+/// debug build would slow the scenarios for nothing.
+pub fn vmm_binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("VMM_BIN") {
+            return PathBuf::from(p);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "-p", "vmm", "--bin", "vmm"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "cargo build --release -p vmm failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join("target"));
+        target.join("release/vmm")
+    })
+}
+
+/// True when /dev/kvm is real hardware virtualization (svm or vmx, and not
+/// the kvm_pvm software hypervisor).
+pub fn hardware_kvm() -> bool {
+    if let Ok(v) = std::env::var("VMM_E2E_MODE") {
+        return v == "direct";
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap_or("");
+    let has_vt = flags.split_whitespace().any(|f| f == "svm" || f == "vmx");
+    has_vt && !Path::new("/sys/module/kvm_pvm").exists() && Path::new("/dev/kvm").exists()
+}
+
+/// What a scenario printed, line by line (console noise included).
+pub struct Run {
+    pub lines: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// The value of the first `KEY=value` line (or `KEY=value` word).
+    pub fn value(&self, key: &str) -> Option<String> {
+        let prefix = format!("{key}=");
+        self.lines.iter().find_map(|l| {
+            l.split_whitespace().find_map(|w| w.strip_prefix(&prefix).map(str::to_string))
+        })
+    }
+
+    pub fn has_line(&self, needle: &str) -> bool {
+        self.lines.iter().any(|l| l.contains(needle))
+    }
+
+    pub fn log(&self) -> String {
+        self.lines.join("\n")
+    }
+
+    /// `key`'s value, or a failure that shows the whole console log.
+    pub fn expect_value(&self, key: &str) -> String {
+        self.value(key).unwrap_or_else(|| panic!("no {key}= in the output:\n{}", self.log()))
+    }
+}
+
+const DONE_MARKER: &str = "E2E-SCENARIO-DONE";
+
+/// Runs `script` and returns its output once it printed the done marker.
+/// Fails (with the log) when it does not within `timeout`.
+pub fn run_scenario(script: &str, timeout: Duration) -> Run {
+    let body = format!("{script}\necho {DONE_MARKER}\n");
+    if hardware_kvm() {
+        run_direct(&body, timeout)
+    } else {
+        run_nested(&body, timeout)
+    }
+}
+
+fn run_direct(body: &str, timeout: Duration) -> Run {
+    let work = tempdir("direct");
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(body)
+        .env("VMM", vmm_binary())
+        .env("IMAGES", images())
+        .env("WORK", &work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning sh");
+    let run = collect(child, timeout);
+    let _ = std::fs::remove_dir_all(&work);
+    run
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let d = std::env::temp_dir().join(format!("vmm-e2e-{}-{tag}-{n}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("creating a temp dir");
+    d
+}
+
+/// The shared libraries `ldd` says a binary needs, as absolute paths.
+fn shared_libraries(bin: &Path) -> Vec<PathBuf> {
+    let out = Command::new("ldd").arg(bin).output().expect("running ldd");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// The archive appended to the L1 base: /bin/vmm, its libraries at the
+/// paths the dynamic loader expects, and /scenario.sh.
+fn overlay(body: &str) -> Vec<u8> {
+    let mut c = cpio::Cpio::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let vmm = std::fs::read(vmm_binary()).expect("reading the vmm binary");
+    files.push(("bin/vmm".into(), vmm));
+    for lib in shared_libraries(vmm_binary()) {
+        let data = std::fs::read(&lib).unwrap_or_else(|e| panic!("reading {}: {e}", lib.display()));
+        files.push((lib.to_string_lossy().trim_start_matches('/').to_string(), data));
+    }
+    let script = format!("VMM=/bin/vmm\nIMAGES=/images\nWORK=/tmp/work\nmkdir -p $WORK\n{body}");
+    files.push(("scenario.sh".into(), script.into_bytes()));
+    for (name, _) in &files {
+        let mut p = Path::new(name).parent();
+        while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+            dirs.insert(d.to_string_lossy().to_string());
+            p = d.parent();
+        }
+    }
+    for d in dirs {
+        c.dir(&d).expect("cpio");
+    }
+    for (name, data) in &files {
+        c.file(name, data, true).expect("cpio");
+    }
+    c.finish().expect("cpio")
+}
+
+fn run_nested(body: &str, timeout: Duration) -> Run {
+    let work = tempdir("l1");
+    let initrd = work.join("l1.cpio");
+    let mut archive = std::fs::read(images().join("l1-base.cpio")).expect("reading l1-base.cpio");
+    archive.extend_from_slice(&overlay(body));
+    std::fs::write(&initrd, archive).expect("writing the L1 initrd");
+    let child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-M", "q35", "-cpu", "EPYC", "-smp", "1", "-m", "2G"])
+        .args(["-display", "none", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(images().join("vmlinuz"))
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting qemu-system-x86_64 (apt-get install qemu-system-x86)");
+    let run = collect(child, timeout);
+    let _ = std::fs::remove_dir_all(&work);
+    run
+}
+
+/// Reads the child's stdout until the done marker or the deadline; the child
+/// is always killed and reaped before returning.
+fn collect(mut child: Child, timeout: Duration) -> Run {
+    let start = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).split(b'\n') {
+            let Ok(line) = line else { break };
+            let text = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+            if tx.send(text).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut lines = Vec::new();
+    let mut done = false;
+    while let Some(left) = timeout.checked_sub(start.elapsed()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let end = line.contains(DONE_MARKER);
+                lines.push(line);
+                if end {
+                    done = true;
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let elapsed = start.elapsed();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    let stderr = err_reader.join().unwrap_or_default();
+    let run = Run { lines, elapsed };
+    if !done {
+        panic!(
+            "scenario did not finish within {timeout:?}; output so far:\n{}\n--- stderr:\n{stderr}",
+            run.log()
+        );
+    }
+    run
+}
+
+/// The usual way to start the demo guest in a scenario: `$VMM` with the
+/// Debian kernel and our initramfs, running `run` in the guest.
+pub fn vmm_command(extra_args: &str, guest_run: &str) -> String {
+    format!(
+        "$VMM --kernel $IMAGES/vmlinuz --initrd $IMAGES/initramfs.cpio.gz {extra_args} \
+         --cmdline 'console=ttyS0 panic=-1 quiet run=\"{guest_run}\"' </dev/null"
+    )
+}
