@@ -1,0 +1,211 @@
+//! Bad input on the host: every case is one line on stderr naming the bad
+//! value, exit status 1, nothing on stdout, and the terminal as it was.
+//! Plus the orderly-stop path: a paused VM ended by a signal restores the
+//! terminal and exits 0.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const VMM: &str = env!("CARGO_BIN_EXE_vmm");
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vmm-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+/// A file with a valid bzImage header and a few bytes of "kernel". Enough
+/// for the loader; never executed (the tests that use it keep vCPUs paused
+/// or fail before they start).
+fn fake_bzimage(setup_sects: u8, total: usize) -> PathBuf {
+    let mut b = vec![0u8; total];
+    b[0x1f1] = setup_sects;
+    b[0x1fe] = 0x55;
+    b[0x1ff] = 0xaa;
+    b[0x202..0x206].copy_from_slice(b"HdrS");
+    b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // protocol 2.15
+    b[0x211] = 0x01; // LOADED_HIGH
+    b[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    b[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes()); // cmdline_size
+    let p = tmp(&format!("bzImage-{setup_sects}-{total}"));
+    std::fs::write(&p, b).unwrap();
+    p
+}
+
+struct Pty {
+    master: OwnedFd,
+    slave: OwnedFd,
+}
+
+fn pty() -> Pty {
+    let (mut m, mut s) = (0, 0);
+    // SAFETY: openpty fills two descriptors we then own.
+    let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), std::ptr::null()) };
+    assert_eq!(r, 0, "openpty");
+    unsafe { Pty { master: OwnedFd::from_raw_fd(m), slave: OwnedFd::from_raw_fd(s) } }
+}
+
+fn termios(fd: &OwnedFd) -> Vec<u8> {
+    // SAFETY: termios is plain data.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+    let p = &t as *const libc::termios as *const u8;
+    unsafe { std::slice::from_raw_parts(p, std::mem::size_of::<libc::termios>()) }.to_vec()
+}
+
+struct Outcome {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    terminal_restored: bool,
+}
+
+/// Runs the VMM with a pseudo-terminal as stdin (as a user at a shell
+/// would), optionally sending `signal` once `ready` returns true.
+fn run(args: &[&str], signal: Option<i32>) -> Outcome {
+    let pty = pty();
+    let before = termios(&pty.slave);
+    let stdin = pty.slave.try_clone().unwrap();
+    let mut child = Command::new(VMM)
+        .args(args)
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(sig) = signal {
+        // Wait until the VMM has put the terminal in raw mode: then its
+        // threads and signal handling are up.
+        let start = Instant::now();
+        while termios(&pty.slave) == before {
+            assert!(start.elapsed() < Duration::from_secs(20), "the VMM never set up the terminal");
+            assert!(child.try_wait().unwrap().is_none(), "the VMM exited early: {:?}", child.wait_with_output());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        unsafe { libc::kill(child.id() as i32, sig) };
+    }
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the VMM did not exit within 20 s for {args:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    let after = termios(&pty.slave);
+    drop(pty.master);
+    Outcome {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+        terminal_restored: before == after,
+    }
+}
+
+fn assert_bad_input(args: &[&str], needle: &str) {
+    let o = run(args, None);
+    assert_eq!(o.code, Some(1), "{args:?}: status; stderr: {}", o.stderr);
+    let lines: Vec<&str> = o.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: want one line, got:\n{}", o.stderr);
+    assert!(lines[0].contains(needle), "{args:?}: '{}' does not name '{needle}'", lines[0]);
+    assert!(o.stdout.is_empty(), "{args:?}: stdout: {}", o.stdout);
+    assert!(o.terminal_restored, "{args:?}: terminal state changed");
+}
+
+fn kernel() -> String {
+    fake_bzimage(1, 4096).display().to_string()
+}
+
+#[test]
+fn missing_kernel_argument() {
+    assert_bad_input(&[], "--kernel");
+}
+
+#[test]
+fn kernel_file_missing() {
+    assert_bad_input(&["--kernel", "/nonexistent/vmlinuz"], "/nonexistent/vmlinuz");
+}
+
+#[test]
+fn kernel_that_is_neither_bzimage_nor_elf() {
+    let p = tmp("not-a-kernel");
+    std::fs::write(&p, b"#!/bin/sh\necho hello\n").unwrap();
+    let s = p.display().to_string();
+    assert_bad_input(&["--kernel", &s], &s);
+    assert_bad_input(&["--kernel", &s], "not a bzImage or ELF");
+}
+
+#[test]
+fn truncated_bzimage_fails_at_load_time_cleanly() {
+    // The header is valid but claims more setup sectors than the file has:
+    // caught by the loader, after KVM objects exist, still one clean line.
+    let k = fake_bzimage(40, 2048).display().to_string();
+    assert_bad_input(&["--kernel", &k], "");
+}
+
+#[test]
+fn memory_zero_and_garbage() {
+    let k = kernel();
+    assert_bad_input(&["--kernel", &k, "--memory", "0"], "--memory '0'");
+    assert_bad_input(&["--kernel", &k, "--memory", "lots"], "'lots'");
+    assert_bad_input(&["--kernel", &k, "--memory", "1Q"], "'1Q'");
+}
+
+#[test]
+fn cpus_out_of_range() {
+    let k = kernel();
+    assert_bad_input(&["--kernel", &k, "--cpus", "0"], "--cpus '0'");
+    assert_bad_input(&["--kernel", &k, "--cpus", "33"], "--cpus '33'");
+}
+
+#[test]
+fn drive_errors() {
+    let k = kernel();
+    let img = tmp("disk.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    let f = img.display().to_string();
+    let bad_key = format!("file={f},if=virtio,colour=blue");
+    assert_bad_input(&["--kernel", &k, "--drive", &bad_key], "unknown key 'colour'");
+    let enospc = format!("file={f},rerror=enospc");
+    assert_bad_input(&["--kernel", &k, "--drive", &enospc], "enospc");
+    let bad_value = format!("file={f},cache=sometimes");
+    assert_bad_input(&["--kernel", &k, "--drive", &bad_value], "sometimes");
+    assert_bad_input(&["--kernel", &k, "--drive", "file=/nonexistent/disk.img,if=virtio"], "/nonexistent/disk.img");
+    let a = format!("file={f},if=ide,index=1");
+    assert_bad_input(&["--kernel", &k, "--drive", &a, "--drive", &a], "index 1 is already in use");
+    let cd = format!("file={f},index=2");
+    assert_bad_input(&["--kernel", &k, "--drive", &cd, "--cdrom", &f], "index 2");
+}
+
+#[test]
+fn initrd_and_serial_errors() {
+    let k = kernel();
+    assert_bad_input(&["--kernel", &k, "--initrd", "/nonexistent/initrd"], "/nonexistent/initrd");
+    assert_bad_input(&["--kernel", &k, "--serial", "telnet:1"], "telnet:1");
+    assert_bad_input(&["--kernel", &k, "--serial", "file:/nonexistent/dir/log"], "/nonexistent/dir/log");
+}
+
+fn kvm_usable() -> bool {
+    Path::new("/dev/kvm").exists() && std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+#[test]
+fn sigterm_on_a_paused_vm_exits_zero_and_restores_the_terminal() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let k = kernel();
+        let o = run(&["--kernel", &k, "--paused", "--cpus", "2"], Some(sig));
+        assert_eq!(o.code, Some(0), "signal {sig}: {}", o.stderr);
+        assert!(o.stderr.contains(&format!("terminating on signal {sig}")), "{}", o.stderr);
+        assert!(o.terminal_restored, "signal {sig}: terminal left in raw mode");
+    }
+}
