@@ -185,20 +185,29 @@ fn overlay(body: &str) -> Vec<u8> {
     c.finish().expect("cpio")
 }
 
-fn run_nested(body: &str, timeout: Duration) -> Run {
+/// The QEMU command line of an L1 VM whose init runs `body` (with `$VMM`,
+/// `$IMAGES`, `$WORK` set) and powers off. Returns the command and the
+/// directory holding its initrd, for the caller to remove.
+pub fn l1_command(body: &str) -> (Command, PathBuf) {
     let work = tempdir("l1");
     let initrd = work.join("l1.cpio");
     let mut archive = std::fs::read(images().join("l1-base.cpio")).expect("reading l1-base.cpio");
     archive.extend_from_slice(&overlay(body));
     std::fs::write(&initrd, archive).expect("writing the L1 initrd");
-    let child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-M", "q35", "-cpu", "EPYC", "-smp", "1", "-m", "2G"])
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-M", "q35", "-cpu", "EPYC", "-smp", "1", "-m", "2G"])
         .args(["-display", "none", "-no-reboot", "-nodefaults", "-serial", "stdio"])
         .arg("-kernel")
         .arg(images().join("vmlinuz"))
         .arg("-initrd")
         .arg(&initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-append", "console=ttyS0 panic=-1 quiet"]);
+    (cmd, work)
+}
+
+fn run_nested(body: &str, timeout: Duration) -> Run {
+    let (mut cmd, work) = l1_command(body);
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
