@@ -157,15 +157,31 @@ fn shared_libraries(bin: &Path) -> Vec<PathBuf> {
 
 /// The archive appended to the L1 base: /bin/vmm, its libraries at the
 /// paths the dynamic loader expects, and /scenario.sh.
-fn overlay(body: &str) -> Vec<u8> {
+fn overlay(body: &str, extra_bins: &[&Path], extra_files: &[&Path]) -> Vec<u8> {
     let mut c = cpio::Cpio::new(Vec::new());
     let mut dirs = std::collections::BTreeSet::new();
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    let vmm = std::fs::read(vmm_binary()).expect("reading the vmm binary");
-    files.push(("bin/vmm".into(), vmm));
-    for lib in shared_libraries(vmm_binary()) {
-        let data = std::fs::read(&lib).unwrap_or_else(|e| panic!("reading {}: {e}", lib.display()));
-        files.push((lib.to_string_lossy().trim_start_matches('/').to_string(), data));
+    let mut add = |src: &Path, dest: String, files: &mut Vec<(String, Vec<u8>)>| {
+        if files.iter().any(|(d, _)| *d == dest) {
+            return;
+        }
+        let data = std::fs::read(src).unwrap_or_else(|e| panic!("reading {}: {e}", src.display()));
+        files.push((dest, data));
+    };
+    let as_dest = |p: &Path| p.to_string_lossy().trim_start_matches('/').to_string();
+    add(vmm_binary(), "bin/vmm".into(), &mut files);
+    let mut bins = vec![vmm_binary()];
+    for b in extra_bins {
+        add(b, as_dest(b), &mut files);
+        bins.push(b);
+    }
+    for bin in bins {
+        for lib in shared_libraries(bin) {
+            add(&lib, as_dest(&lib), &mut files);
+        }
+    }
+    for f in extra_files {
+        add(f, as_dest(f), &mut files);
     }
     let script = format!("VMM=/bin/vmm\nIMAGES=/images\nWORK=/tmp/work\nmkdir -p $WORK\n{body}");
     files.push(("scenario.sh".into(), script.into_bytes()));
@@ -189,10 +205,17 @@ fn overlay(body: &str) -> Vec<u8> {
 /// `$IMAGES`, `$WORK` set) and powers off. Returns the command and the
 /// directory holding its initrd, for the caller to remove.
 pub fn l1_command(body: &str) -> (Command, PathBuf) {
+    l1_command_with(body, &[], &[])
+}
+
+/// `l1_command` with more host programs (and the libraries they link) and
+/// files copied into L1 at their host paths, e.g. QEMU for side-by-side
+/// benchmarks.
+pub fn l1_command_with(body: &str, extra_bins: &[&Path], extra_files: &[&Path]) -> (Command, PathBuf) {
     let work = tempdir("l1");
     let initrd = work.join("l1.cpio");
     let mut archive = std::fs::read(images().join("l1-base.cpio")).expect("reading l1-base.cpio");
-    archive.extend_from_slice(&overlay(body));
+    archive.extend_from_slice(&overlay(body, extra_bins, extra_files));
     std::fs::write(&initrd, archive).expect("writing the L1 initrd");
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-accel", "tcg", "-M", "q35", "-cpu", "EPYC", "-smp", "1", "-m", "2G"])

@@ -191,6 +191,13 @@ impl MutEventSubscriber for Controller {
 /// Boots the configured guest and runs it to the end.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     let serial_out = serial_output(&cfg.serial)?;
+    // Say so rather than silently dropping what the user asked for.
+    if !cfg.drives.is_empty() {
+        eprintln!("vmm: note: {} drive(s) checked, but block devices are not implemented yet", cfg.drives.len());
+    }
+    if let Some(p) = &cfg.qmp {
+        eprintln!("vmm: note: the control socket is not implemented yet; '{}' is not created", p.display());
+    }
 
     let kvm = Kvm::new().map_err(Error::KvmOpen)?;
     check_kvm(&kvm)?;
