@@ -161,7 +161,7 @@ fn overlay(body: &str, extra_bins: &[&Path], extra_files: &[&Path]) -> Vec<u8> {
     let mut c = cpio::Cpio::new(Vec::new());
     let mut dirs = std::collections::BTreeSet::new();
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut add = |src: &Path, dest: String, files: &mut Vec<(String, Vec<u8>)>| {
+    let add = |src: &Path, dest: String, files: &mut Vec<(String, Vec<u8>)>| {
         if files.iter().any(|(d, _)| *d == dest) {
             return;
         }

@@ -209,3 +209,50 @@ fn sigterm_on_a_paused_vm_exits_zero_and_restores_the_terminal() {
         assert!(o.terminal_restored, "signal {sig}: terminal left in raw mode");
     }
 }
+
+/// A minimal ELF64 "kernel" whose first instruction is `ud2`. With no
+/// usable IDT the #UD escalates to a triple fault.
+fn triple_fault_elf() -> PathBuf {
+    let mut f = vec![0u8; 0x1002];
+    f[..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2; // 64-bit
+    f[5] = 1; // little endian
+    f[6] = 1; // version
+    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    f[24..32].copy_from_slice(&0x10_0000u64.to_le_bytes()); // entry
+    f[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+    f[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
+    f[54..56].copy_from_slice(&56u16.to_le_bytes()); // phentsize
+    f[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
+    let ph = 64;
+    f[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f[ph + 4..ph + 8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    f[ph + 8..ph + 16].copy_from_slice(&0x1000u64.to_le_bytes()); // offset
+    f[ph + 16..ph + 24].copy_from_slice(&0x10_0000u64.to_le_bytes()); // vaddr
+    f[ph + 24..ph + 32].copy_from_slice(&0x10_0000u64.to_le_bytes()); // paddr
+    f[ph + 32..ph + 40].copy_from_slice(&2u64.to_le_bytes()); // filesz
+    f[ph + 40..ph + 48].copy_from_slice(&2u64.to_le_bytes()); // memsz
+    f[ph + 48..ph + 56].copy_from_slice(&0x1000u64.to_le_bytes()); // align
+    f[0x1000..0x1002].copy_from_slice(&[0x0f, 0x0b]); // ud2
+    let p = tmp("triple-fault.elf");
+    std::fs::write(&p, f).unwrap();
+    p
+}
+
+#[test]
+fn guest_triple_fault_exits_2_and_prints_registers() {
+    if !kvm_usable() {
+        eprintln!("skipped: /dev/kvm is not usable here");
+        return;
+    }
+    let k = triple_fault_elf().display().to_string();
+    let o = run(&["--kernel", &k, "--serial", "none"], None);
+    assert_eq!(o.code, Some(2), "stderr: {}", o.stderr);
+    assert!(o.stderr.contains("triple fault"), "{}", o.stderr);
+    // The registers show where it died: at the ud2 we loaded.
+    assert!(o.stderr.contains("RIP=0x0000000000100000"), "{}", o.stderr);
+    assert!(o.stderr.contains("CR0=") && o.stderr.contains("EFER="), "{}", o.stderr);
+    assert!(o.terminal_restored);
+}

@@ -60,9 +60,10 @@ done
         let get = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_string));
         let (Some(name), Some(t0), Some(t1)) = (get("name"), get("start"), get("ready")) else { continue };
         let secs = t1.parse::<f64>().unwrap_or(0.0) - t0.parse::<f64>().unwrap_or(0.0);
-        let hwm = get("hwm_kb").and_then(|h| h.parse().ok()).unwrap_or(0);
-        println!("{name:5} boot-to-init {secs:6.2} s   peak RSS {:7.1} MiB", hwm as f64 / 1024.0);
-        rows.push((name, secs, hwm));
+        let hwm: Option<u64> = get("hwm_kb").and_then(|h| h.parse().ok());
+        let rss = hwm.map(|h| format!("{:7.1} MiB", h as f64 / 1024.0)).unwrap_or_else(|| "    n/a (process not found)".into());
+        println!("{name:5} boot-to-init {secs:6.2} s   peak RSS {rss}");
+        rows.push((name, secs, hwm.unwrap_or(0)));
     }
     let median = |name: &str| {
         let mut v: Vec<f64> = rows.iter().filter(|r| r.0 == name).map(|r| r.1).collect();
