@@ -3,8 +3,12 @@
 //! already needs to parse and validate drive options; the backend and its
 //! drivers build on these types.
 
+pub mod align;
+pub mod driver;
+pub mod drivers;
 pub mod policy;
 
+pub use driver::{BlockDriver, Errno, IoResult};
 pub use policy::{AioEngine, CacheMode, ErrorAction, OnError};
 
 /// Errors of the block crate.
@@ -21,4 +25,7 @@ pub enum Error {
     /// would let a read error set a "no space" iostatus.
     #[error("'enospc' is not a valid read error action")]
     EnospcForRead,
+    /// An image that cannot be opened as asked, named in the message.
+    #[error("cannot open '{path}': {reason}")]
+    Open { path: std::path::PathBuf, reason: String },
 }

@@ -1,0 +1,62 @@
+//! The seam between a drive and its storage. A driver does byte-addressed
+//! I/O and nothing else: request checking, alignment for O_DIRECT, error
+//! policies and accounting live in `BlockBackend`, once for every driver.
+
+use std::io::{IoSlice, IoSliceMut};
+
+/// A failed request, as the errno the guest-facing policy decides on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub const EIO: Errno = Errno(libc::EIO);
+    pub const ENOSPC: Errno = Errno(libc::ENOSPC);
+    pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const EPERM: Errno = Errno(libc::EPERM);
+    pub const EACCES: Errno = Errno(libc::EACCES);
+    pub const ENOMEDIUM: Errno = Errno(libc::ENOMEDIUM);
+    pub const EROFS: Errno = Errno(libc::EROFS);
+    pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
+
+    pub fn last() -> Errno {
+        Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", std::io::Error::from_raw_os_error(self.0))
+    }
+}
+
+pub type IoResult<T> = Result<T, Errno>;
+
+/// Byte-addressed storage. Calls may come from several threads at once.
+///
+/// `preadv` and `pwritev` transfer the whole request or fail; a read past
+/// the end of the storage returns zeros for the missing part (as a raw
+/// file's does in QEMU). Offsets and lengths are already checked against the
+/// size by the backend, and aligned to `request_alignment` when the driver
+/// asks for it.
+pub trait BlockDriver: Send + Sync {
+    /// Short name for messages and statistics ("raw", "null", "inject").
+    fn name(&self) -> &'static str;
+    /// Current size in bytes.
+    fn size(&self) -> IoResult<u64>;
+    fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()>;
+    fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()>;
+    /// Makes completed writes durable.
+    fn flush(&self) -> IoResult<()>;
+    /// Hints that a range is unused; reads may then return zeros or the old
+    /// data. ENOTSUP when the storage cannot.
+    fn discard(&self, offset: u64, len: u64) -> IoResult<()>;
+    /// Makes a range read as zeros; `unmap` allows deallocating it.
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> IoResult<()>;
+    /// Changes the size.
+    fn truncate(&self, size: u64) -> IoResult<()>;
+    /// Offset, length and memory alignment that requests must have
+    /// (O_DIRECT: the logical block size). 1 when anything goes.
+    fn request_alignment(&self) -> usize {
+        1
+    }
+}

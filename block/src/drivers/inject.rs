@@ -1,0 +1,220 @@
+//! Error injection on top of another driver (QEMU's blkdebug, simplified):
+//! rules fail matching requests with a chosen errno, once, N times or until
+//! removed; everything else passes through untouched. Rules can be added
+//! and removed while I/O runs, which is how the werror/rerror tests drive a
+//! guest into and out of errors.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::sync::{Arc, Mutex};
+
+use crate::driver::{BlockDriver, Errno, IoResult};
+
+/// Which requests a rule applies to. Write-zeroes counts as a write, as in
+/// QEMU's error accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Write,
+    Flush,
+    Discard,
+    Any,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    Once,
+    Times(u32),
+    UntilRemoved,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub op: Op,
+    /// Inclusive 512-byte sector range the request must touch; None: any.
+    /// A rule with a range never matches a flush, which has none.
+    pub sectors: Option<(u64, u64)>,
+    pub errno: i32,
+    pub count: Count,
+}
+
+pub type RuleId = u64;
+
+struct Armed {
+    id: RuleId,
+    rule: Rule,
+    hits: u32,
+}
+
+pub struct InjectDriver {
+    inner: Arc<dyn BlockDriver>,
+    rules: Mutex<(RuleId, Vec<Armed>)>,
+}
+
+impl InjectDriver {
+    pub fn new(inner: Arc<dyn BlockDriver>) -> Self {
+        InjectDriver { inner, rules: Mutex::new((0, Vec::new())) }
+    }
+
+    pub fn add_rule(&self, rule: Rule) -> RuleId {
+        let mut g = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += 1;
+        let id = g.0;
+        g.1.push(Armed { id, rule, hits: 0 });
+        id
+    }
+
+    /// False when no such rule is armed (it may have run out).
+    pub fn remove_rule(&self, id: RuleId) -> bool {
+        let mut g = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        let before = g.1.len();
+        g.1.retain(|a| a.id != id);
+        g.1.len() != before
+    }
+
+    pub fn clear(&self) {
+        self.rules.lock().unwrap_or_else(|e| e.into_inner()).1.clear();
+    }
+
+    /// How many rules are still armed.
+    pub fn armed(&self) -> usize {
+        self.rules.lock().unwrap_or_else(|e| e.into_inner()).1.len()
+    }
+
+    /// The first matching rule's errno, counting the hit and disarming the
+    /// rule when its count is used up.
+    fn check(&self, op: Op, range: Option<(u64, u64)>) -> IoResult<()> {
+        let mut g = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        let pos = g.1.iter().position(|a| {
+            let op_ok = a.rule.op == Op::Any || a.rule.op == op;
+            let range_ok = match (a.rule.sectors, range) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some((s, e)), Some((off, len))) => {
+                    let first = off / 512;
+                    let last = (off + len.max(1) - 1) / 512;
+                    first <= e && last >= s
+                }
+            };
+            op_ok && range_ok
+        });
+        let Some(i) = pos else { return Ok(()) };
+        let armed = &mut g.1[i];
+        armed.hits += 1;
+        let errno = armed.rule.errno;
+        let done = match armed.rule.count {
+            Count::Once => true,
+            Count::Times(n) => armed.hits >= n,
+            Count::UntilRemoved => false,
+        };
+        if done {
+            g.1.remove(i);
+        }
+        Err(Errno(errno))
+    }
+}
+
+fn iov_len<T: std::ops::Deref<Target = [u8]>>(iov: &[T]) -> u64 {
+    iov.iter().map(|b| b.len() as u64).sum()
+}
+
+impl BlockDriver for InjectDriver {
+    fn name(&self) -> &'static str {
+        "inject"
+    }
+    fn size(&self) -> IoResult<u64> {
+        self.inner.size()
+    }
+    fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
+        self.check(Op::Read, Some((offset, iov_len(iov))))?;
+        self.inner.preadv(offset, iov)
+    }
+    fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
+        self.check(Op::Write, Some((offset, iov_len(iov))))?;
+        self.inner.pwritev(offset, iov)
+    }
+    fn flush(&self) -> IoResult<()> {
+        self.check(Op::Flush, None)?;
+        self.inner.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
+        self.check(Op::Discard, Some((offset, len)))?;
+        self.inner.discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> IoResult<()> {
+        self.check(Op::Write, Some((offset, len)))?;
+        self.inner.write_zeroes(offset, len, unmap)
+    }
+    fn truncate(&self, size: u64) -> IoResult<()> {
+        self.inner.truncate(size)
+    }
+    fn request_alignment(&self) -> usize {
+        self.inner.request_alignment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drivers::null::NullDriver;
+
+    fn dev() -> InjectDriver {
+        InjectDriver::new(Arc::new(NullDriver::new(1 << 20)))
+    }
+
+    fn read(d: &InjectDriver, off: u64, len: usize) -> IoResult<()> {
+        let mut b = vec![0u8; len];
+        d.preadv(off, &mut [IoSliceMut::new(&mut b)])
+    }
+
+    fn write(d: &InjectDriver, off: u64, len: usize) -> IoResult<()> {
+        let b = vec![0u8; len];
+        d.pwritev(off, &[IoSlice::new(&b)])
+    }
+
+    #[test]
+    fn once_fails_exactly_one_request() {
+        let d = dev();
+        d.add_rule(Rule { op: Op::Write, sectors: None, errno: libc::EIO, count: Count::Once });
+        assert_eq!(read(&d, 0, 512), Ok(()), "reads pass");
+        assert_eq!(write(&d, 0, 512), Err(Errno::EIO));
+        assert_eq!(write(&d, 0, 512), Ok(()));
+        assert_eq!(d.armed(), 0);
+    }
+
+    #[test]
+    fn n_times_and_until_removed() {
+        let d = dev();
+        d.add_rule(Rule { op: Op::Read, sectors: None, errno: libc::ENOSPC, count: Count::Times(2) });
+        assert_eq!(read(&d, 0, 1), Err(Errno::ENOSPC));
+        assert_eq!(read(&d, 0, 1), Err(Errno::ENOSPC));
+        assert_eq!(read(&d, 0, 1), Ok(()));
+        let id = d.add_rule(Rule { op: Op::Flush, sectors: None, errno: libc::EIO, count: Count::UntilRemoved });
+        for _ in 0..5 {
+            assert_eq!(d.flush(), Err(Errno::EIO));
+        }
+        assert!(d.remove_rule(id));
+        assert!(!d.remove_rule(id));
+        assert_eq!(d.flush(), Ok(()));
+    }
+
+    #[test]
+    fn sector_ranges_match_overlapping_requests_only() {
+        let d = dev();
+        d.add_rule(Rule { op: Op::Any, sectors: Some((8, 9)), errno: libc::EPERM, count: Count::UntilRemoved });
+        assert_eq!(write(&d, 0, 4096), Ok(()), "sectors 0-7");
+        assert_eq!(write(&d, 4096 + 511, 1), Err(Errno::EPERM), "sector 8");
+        assert_eq!(read(&d, 10 * 512, 512), Ok(()), "sector 10");
+        assert_eq!(d.discard(0, 8192), Err(Errno::EPERM), "0-15 covers 8");
+        assert_eq!(d.write_zeroes(9 * 512, 512, false), Err(Errno::EPERM));
+        assert_eq!(d.flush(), Ok(()), "a ranged rule never matches a flush");
+    }
+
+    #[test]
+    fn errno_is_passed_through_as_given() {
+        let d = dev();
+        for e in [libc::EIO, libc::ENOSPC, libc::EROFS, libc::EPERM] {
+            d.add_rule(Rule { op: Op::Discard, sectors: None, errno: e, count: Count::Once });
+            assert_eq!(d.discard(0, 512), Err(Errno(e)));
+        }
+    }
+}
