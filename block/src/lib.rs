@@ -4,10 +4,15 @@
 //! drivers build on these types.
 
 pub mod align;
+pub mod backend;
+pub mod devops;
 pub mod driver;
 pub mod drivers;
 pub mod policy;
+pub mod stats;
 
+pub use backend::{BlockBackend, BlockEvent, IoStatus};
+pub use devops::BlockDevOps;
 pub use driver::{BlockDriver, Errno, IoResult};
 pub use policy::{AioEngine, CacheMode, ErrorAction, OnError};
 
@@ -28,4 +33,6 @@ pub enum Error {
     /// An image that cannot be opened as asked, named in the message.
     #[error("cannot open '{path}': {reason}")]
     Open { path: std::path::PathBuf, reason: String },
+    #[error("there already is a medium in device '{0}'")]
+    MediumPresent(String),
 }

@@ -1,0 +1,518 @@
+//! `BlockBackend`: a named drive as a device sees it (QEMU's BlockBackend).
+//!
+//! It owns an optional medium (a driver stack that can be removed and
+//! inserted at runtime), the read-only and write-cache state, the error
+//! policies and iostatus, the I/O statistics, and the attached device's
+//! `BlockDevOps`. Every request goes through the same checks as QEMU's
+//! `blk_check_byte_request` before any driver sees it, and unaligned
+//! requests against an O_DIRECT medium are bounced through aligned buffers
+//! (read-modify-write for writes), so a guest can never see a torn or wrong
+//! byte whatever offsets and lengths it uses.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use crate::align::AlignedBuf;
+use crate::devops::BlockDevOps;
+use crate::driver::{BlockDriver, Errno, IoResult};
+use crate::policy::{ErrorAction, OnError};
+use crate::stats::{OpKind, Stats};
+
+/// QEMU's cap on one request (BDRV_REQUEST_MAX_BYTES, about 2 GiB).
+pub const MAX_REQUEST_BYTES: u64 = (i32::MAX as u64) & !511;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoStatus {
+    Ok,
+    Failed,
+    NoSpace,
+}
+
+/// What the block layer tells whoever listens (the control socket).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlockEvent {
+    /// QEMU's BLOCK_IO_ERROR. `operation` is "read" or "write" (flush and
+    /// discard count as write); `nospace` only when iostatus is enabled.
+    IoError { device: String, operation: &'static str, action: ErrorAction, nospace: Option<bool>, reason: String },
+    /// QEMU's DEVICE_TRAY_MOVED.
+    TrayMoved { device: String, tray_open: bool },
+}
+
+pub type EventSink = Box<dyn Fn(BlockEvent) + Send + Sync>;
+
+struct Medium {
+    driver: Arc<dyn BlockDriver>,
+    filename: String,
+}
+
+struct State {
+    medium: Option<Medium>,
+    read_only: bool,
+    write_cache: bool,
+    allow_write_beyond_eof: bool,
+    on_read_error: OnError,
+    on_write_error: OnError,
+    iostatus: IoStatus,
+    iostatus_enabled: bool,
+    dev: Option<Arc<dyn BlockDevOps>>,
+}
+
+pub struct BlockBackend {
+    name: String,
+    state: Mutex<State>,
+    stats: Stats,
+    events: Mutex<Option<EventSink>>,
+    /// Unaligned writes do read-modify-write of whole blocks; they take this
+    /// exclusively so that no other write to the same blocks slips between
+    /// their read and their write. Other writes take it shared.
+    rmw: RwLock<()>,
+}
+
+impl BlockBackend {
+    /// A drive with QEMU's defaults: read-write, write cache on,
+    /// rerror=report, werror=enospc, no medium.
+    pub fn new(name: &str) -> Self {
+        BlockBackend {
+            name: name.to_string(),
+            state: Mutex::new(State {
+                medium: None,
+                read_only: false,
+                write_cache: true,
+                allow_write_beyond_eof: false,
+                on_read_error: OnError::DEFAULT_READ,
+                on_write_error: OnError::DEFAULT_WRITE,
+                iostatus: IoStatus::Ok,
+                iostatus_enabled: false,
+                dev: None,
+            }),
+            stats: Stats::default(),
+            events: Mutex::new(None),
+            rmw: RwLock::new(()),
+        }
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn set_event_sink(&self, sink: Option<EventSink>) {
+        *self.events.lock().unwrap_or_else(|e| e.into_inner()) = sink;
+    }
+
+    fn emit(&self, e: BlockEvent) {
+        if let Some(sink) = self.events.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            sink(e);
+        }
+    }
+
+    // --- configuration -------------------------------------------------
+
+    pub fn set_read_only(&self, ro: bool) {
+        self.st().read_only = ro;
+    }
+    pub fn is_read_only(&self) -> bool {
+        self.st().read_only
+    }
+    pub fn set_write_cache(&self, on: bool) {
+        self.st().write_cache = on;
+    }
+    pub fn write_cache(&self) -> bool {
+        self.st().write_cache
+    }
+    pub fn set_allow_write_beyond_eof(&self, allow: bool) {
+        self.st().allow_write_beyond_eof = allow;
+    }
+
+    /// Sets the policies; `enospc` is refused for reads, as on the command line.
+    pub fn set_on_error(&self, read: OnError, write: OnError) -> Result<(), crate::Error> {
+        if read == OnError::Enospc {
+            return Err(crate::Error::EnospcForRead);
+        }
+        let mut s = self.st();
+        s.on_read_error = read;
+        s.on_write_error = write;
+        Ok(())
+    }
+
+    pub fn on_error(&self) -> (OnError, OnError) {
+        let s = self.st();
+        (s.on_read_error, s.on_write_error)
+    }
+
+    /// QEMU's `blk_get_error_action`.
+    pub fn error_action(&self, is_read: bool, errno: Errno) -> ErrorAction {
+        let s = self.st();
+        let policy = if is_read { s.on_read_error } else { s.on_write_error };
+        policy.action(errno.0)
+    }
+
+    /// QEMU's `blk_error_action`, called by the device once it has dealt
+    /// with a failed request: on stop, record the iostatus; in every case
+    /// report the event. Returns the action so the caller can stop the VM.
+    pub fn handle_error(&self, is_read: bool, errno: Errno) -> ErrorAction {
+        let action = self.error_action(is_read, errno);
+        let nospace = {
+            let mut s = self.st();
+            if action == ErrorAction::Stop && s.iostatus_enabled && s.iostatus == IoStatus::Ok {
+                s.iostatus = if errno == Errno::ENOSPC { IoStatus::NoSpace } else { IoStatus::Failed };
+            }
+            s.iostatus_enabled.then_some(errno == Errno::ENOSPC)
+        };
+        self.emit(BlockEvent::IoError {
+            device: self.name.clone(),
+            operation: if is_read { "read" } else { "write" },
+            action,
+            nospace,
+            reason: errno.to_string(),
+        });
+        action
+    }
+
+    // --- iostatus ------------------------------------------------------
+
+    pub fn iostatus_enable(&self) {
+        let mut s = self.st();
+        s.iostatus_enabled = true;
+        s.iostatus = IoStatus::Ok;
+    }
+
+    pub fn iostatus_reset(&self) {
+        self.st().iostatus = IoStatus::Ok;
+    }
+
+    /// Records a failure unless one is already recorded (the first wins).
+    pub fn iostatus_set_err(&self, errno: Errno) {
+        let mut s = self.st();
+        if s.iostatus_enabled && s.iostatus == IoStatus::Ok {
+            s.iostatus = if errno == Errno::ENOSPC { IoStatus::NoSpace } else { IoStatus::Failed };
+        }
+    }
+
+    /// The iostatus as query-block shows it: only when enabled and a
+    /// policy can stop the VM.
+    pub fn iostatus(&self) -> Option<IoStatus> {
+        let s = self.st();
+        let can_stop = matches!(s.on_write_error, OnError::Enospc | OnError::Stop) || s.on_read_error == OnError::Stop;
+        (s.iostatus_enabled && can_stop).then_some(s.iostatus)
+    }
+
+    // --- device and medium ---------------------------------------------
+
+    pub fn attach_dev(&self, dev: Arc<dyn BlockDevOps>) {
+        let mut s = self.st();
+        s.dev = Some(dev);
+        // QEMU's blk_attach_dev resets the iostatus.
+        s.iostatus = IoStatus::Ok;
+    }
+
+    pub fn detach_dev(&self) {
+        self.st().dev = None;
+    }
+
+    fn dev(&self) -> Option<Arc<dyn BlockDevOps>> {
+        self.st().dev.clone()
+    }
+
+    /// No device, or a device with removable media (QEMU's
+    /// blk_dev_has_removable_media).
+    pub fn has_removable_media(&self) -> bool {
+        self.dev().is_none_or(|d| d.removable())
+    }
+
+    pub fn has_tray(&self) -> bool {
+        self.dev().is_some_and(|d| d.has_tray())
+    }
+
+    pub fn is_tray_open(&self) -> bool {
+        self.dev().is_some_and(|d| d.has_tray() && d.is_tray_open())
+    }
+
+    pub fn is_medium_locked(&self) -> bool {
+        self.dev().is_some_and(|d| d.is_medium_locked())
+    }
+
+    pub fn is_inserted(&self) -> bool {
+        self.st().medium.is_some()
+    }
+
+    /// Inserted and the tray (if any) closed: requests can reach it.
+    pub fn is_available(&self) -> bool {
+        self.is_inserted() && !self.is_tray_open()
+    }
+
+    pub fn medium_filename(&self) -> Option<String> {
+        self.st().medium.as_ref().map(|m| m.filename.clone())
+    }
+
+    /// Tells the device its medium changed; reports a tray move when the
+    /// tray state changed (QEMU's blk_dev_change_media_cb).
+    pub fn change_media(&self, load: bool) {
+        let Some(dev) = self.dev().filter(|d| d.removable()) else { return };
+        let was_open = self.is_tray_open();
+        dev.change_media(load);
+        let now_open = self.is_tray_open();
+        if self.has_tray() && was_open != now_open {
+            self.emit(BlockEvent::TrayMoved { device: self.name.clone(), tray_open: now_open });
+        }
+    }
+
+    /// A guest-initiated eject or load (START STOP UNIT): always reported.
+    pub fn guest_eject(&self, eject: bool) {
+        self.emit(BlockEvent::TrayMoved { device: self.name.clone(), tray_open: eject });
+    }
+
+    pub fn eject_request(&self, force: bool) {
+        if let Some(d) = self.dev() {
+            d.eject_request(force);
+        }
+    }
+
+    pub fn insert_medium(&self, driver: Arc<dyn BlockDriver>, filename: &str) -> Result<(), crate::Error> {
+        let mut s = self.st();
+        if s.medium.is_some() {
+            return Err(crate::Error::MediumPresent(self.name.clone()));
+        }
+        s.medium = Some(Medium { driver, filename: filename.to_string() });
+        Ok(())
+    }
+
+    /// Removes the medium (waiting for nothing: callers drain first).
+    pub fn remove_medium(&self) -> Option<Arc<dyn BlockDriver>> {
+        self.st().medium.take().map(|m| m.driver)
+    }
+
+    // --- requests ------------------------------------------------------
+
+    fn driver(&self) -> IoResult<Arc<dyn BlockDriver>> {
+        let s = self.st();
+        match &s.medium {
+            Some(m) => Ok(m.driver.clone()),
+            None => Err(Errno::ENOMEDIUM),
+        }
+    }
+
+    /// QEMU's blk_check_byte_request: a medium that is available, a range
+    /// that neither overflows nor exceeds the request cap, and inside the
+    /// medium unless writing beyond EOF is allowed.
+    fn check(&self, offset: u64, bytes: u64, is_write: bool) -> IoResult<Arc<dyn BlockDriver>> {
+        let drv = self.driver()?;
+        if self.is_tray_open() {
+            return Err(Errno::ENOMEDIUM);
+        }
+        if bytes > MAX_REQUEST_BYTES || offset > i64::MAX as u64 || offset.checked_add(bytes).is_none() {
+            return Err(Errno::EIO);
+        }
+        let beyond_ok = is_write && self.st().allow_write_beyond_eof;
+        if !beyond_ok {
+            let len = drv.size()?;
+            if offset > len || len - offset < bytes {
+                return Err(Errno::EIO);
+            }
+        }
+        Ok(drv)
+    }
+
+    fn check_writable(&self) -> IoResult<()> {
+        if self.st().read_only {
+            Err(Errno::EPERM)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn account<T>(&self, kind: OpKind, bytes: u64, start: Instant, r: IoResult<T>) -> IoResult<T> {
+        match &r {
+            Ok(_) => self.stats.done(kind, bytes, start.elapsed()),
+            Err(_) => self.stats.failed(kind),
+        }
+        r
+    }
+
+    pub fn getlength(&self) -> IoResult<u64> {
+        self.driver()?.size()
+    }
+
+    pub fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
+        let bytes: u64 = iov.iter().map(|b| b.len() as u64).sum();
+        let drv = self.check(offset, bytes, false).inspect_err(|_| self.stats.invalid(OpKind::Read))?;
+        let start = Instant::now();
+        let r = if needs_bounce(drv.request_alignment(), offset, iov.iter().map(|b| (b.as_ptr() as usize, b.len()))) {
+            bounce_read(&*drv, offset, bytes, iov)
+        } else {
+            drv.preadv(offset, iov)
+        };
+        self.account(OpKind::Read, bytes, start, r)
+    }
+
+    pub fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
+        let bytes: u64 = iov.iter().map(|b| b.len() as u64).sum();
+        let drv = self
+            .check_writable()
+            .and_then(|_| self.check(offset, bytes, true))
+            .inspect_err(|_| self.stats.invalid(OpKind::Write))?;
+        let start = Instant::now();
+        let align = drv.request_alignment();
+        let r = if needs_bounce(align, offset, iov.iter().map(|b| (b.as_ptr() as usize, b.len()))) {
+            let _excl = self.rmw.write().unwrap_or_else(|e| e.into_inner());
+            bounce_write(&*drv, offset, bytes, iov)
+        } else {
+            let _shared = self.rmw.read().unwrap_or_else(|e| e.into_inner());
+            drv.pwritev(offset, iov)
+        };
+        self.account(OpKind::Write, bytes, start, r)
+    }
+
+    pub fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
+        self.preadv(offset, &mut [IoSliceMut::new(buf)])
+    }
+
+    pub fn write(&self, offset: u64, buf: &[u8]) -> IoResult<()> {
+        self.pwritev(offset, &[IoSlice::new(buf)])
+    }
+
+    /// Flushes when the write cache is on (with it off every write is
+    /// already durable... for the guest's purposes, QEMU flushes anyway; so
+    /// do we: a flush always reaches the driver).
+    pub fn flush(&self) -> IoResult<()> {
+        let drv = self.driver().inspect_err(|_| self.stats.invalid(OpKind::Flush))?;
+        let start = Instant::now();
+        self.account(OpKind::Flush, 0, start, drv.flush())
+    }
+
+    pub fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
+        let drv = self
+            .check_writable()
+            .and_then(|_| self.check(offset, len, true))
+            .inspect_err(|_| self.stats.invalid(OpKind::Discard))?;
+        let start = Instant::now();
+        if len == 0 {
+            // Nothing to do, as in QEMU (fallocate would call it EINVAL).
+            return self.account(OpKind::Discard, 0, start, Ok(()));
+        }
+        let _shared = self.rmw.read().unwrap_or_else(|e| e.into_inner());
+        self.account(OpKind::Discard, len, start, drv.discard(offset, len))
+    }
+
+    /// Zeroes a range; unaligned edges are written as data so the bytes
+    /// outside the range stay intact.
+    pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> IoResult<()> {
+        let drv = self
+            .check_writable()
+            .and_then(|_| self.check(offset, len, true))
+            .inspect_err(|_| self.stats.invalid(OpKind::Write))?;
+        let start = Instant::now();
+        let align = drv.request_alignment() as u64;
+        let r = if len == 0 {
+            Ok(())
+        } else if align > 1 && (!offset.is_multiple_of(align) || !len.is_multiple_of(align)) {
+            let _excl = self.rmw.write().unwrap_or_else(|e| e.into_inner());
+            zeroes_unaligned(&*drv, offset, len, align, unmap)
+        } else {
+            let _shared = self.rmw.read().unwrap_or_else(|e| e.into_inner());
+            drv.write_zeroes(offset, len, unmap)
+        };
+        self.account(OpKind::Write, len, start, r)
+    }
+
+    /// Resizes the medium and tells the device. Read-only: EACCES, as QEMU.
+    pub fn truncate(&self, size: u64) -> IoResult<()> {
+        if self.st().read_only {
+            return Err(Errno::EACCES);
+        }
+        self.driver()?.truncate(size)?;
+        if let Some(d) = self.dev() {
+            d.resize();
+        }
+        Ok(())
+    }
+}
+
+/// O_DIRECT wants offset, length and every buffer aligned.
+fn needs_bounce(align: usize, offset: u64, bufs: impl Iterator<Item = (usize, usize)>) -> bool {
+    if align <= 1 {
+        return false;
+    }
+    let a = align as u64;
+    if !offset.is_multiple_of(a) {
+        return true;
+    }
+    let mut total = 0u64;
+    for (ptr, len) in bufs {
+        if ptr % align != 0 || len % align != 0 {
+            return true;
+        }
+        total += len as u64;
+    }
+    !total.is_multiple_of(a)
+}
+
+fn aligned_span(offset: u64, bytes: u64, align: u64) -> (u64, u64) {
+    let start = offset - offset % align;
+    let end = (offset + bytes).div_ceil(align) * align;
+    (start, end - start)
+}
+
+fn bounce_read(drv: &dyn BlockDriver, offset: u64, bytes: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
+    let align = drv.request_alignment() as u64;
+    let (start, span) = aligned_span(offset, bytes, align);
+    let mut buf = AlignedBuf::new(span as usize, align as usize);
+    drv.preadv(start, &mut [IoSliceMut::new(buf.as_mut_slice())])?;
+    let mut pos = (offset - start) as usize;
+    for b in iov.iter_mut() {
+        let n = b.len();
+        b.copy_from_slice(&buf.as_slice()[pos..pos + n]);
+        pos += n;
+    }
+    Ok(())
+}
+
+fn bounce_write(drv: &dyn BlockDriver, offset: u64, bytes: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
+    let align = drv.request_alignment() as u64;
+    let (start, span) = aligned_span(offset, bytes, align);
+    let mut buf = AlignedBuf::new(span as usize, align as usize);
+    // Read the partial head and tail blocks so their other bytes survive.
+    if offset != start {
+        drv.preadv(start, &mut [IoSliceMut::new(&mut buf.as_mut_slice()[..align as usize])])?;
+    }
+    let end = offset + bytes;
+    let tail_is_head = span == align;
+    if !end.is_multiple_of(align) && !(tail_is_head && offset != start) {
+        let tail = (span - align) as usize;
+        drv.preadv(start + span - align, &mut [IoSliceMut::new(&mut buf.as_mut_slice()[tail..])])?;
+    }
+    let mut pos = (offset - start) as usize;
+    for b in iov {
+        buf.as_mut_slice()[pos..pos + b.len()].copy_from_slice(b);
+        pos += b.len();
+    }
+    drv.pwritev(start, &[IoSlice::new(buf.as_slice())])
+}
+
+fn zeroes_unaligned(drv: &dyn BlockDriver, offset: u64, len: u64, align: u64, unmap: bool) -> IoResult<()> {
+    let end = offset + len;
+    let inner_start = offset.div_ceil(align) * align;
+    let inner_end = end - end % align;
+    if inner_start >= inner_end {
+        let zeros = vec![0u8; len as usize];
+        return bounce_write(drv, offset, len, &[IoSlice::new(&zeros)]);
+    }
+    if offset < inner_start {
+        let zeros = vec![0u8; (inner_start - offset) as usize];
+        bounce_write(drv, offset, inner_start - offset, &[IoSlice::new(&zeros)])?;
+    }
+    drv.write_zeroes(inner_start, inner_end - inner_start, unmap)?;
+    if inner_end < end {
+        let zeros = vec![0u8; (end - inner_end) as usize];
+        bounce_write(drv, inner_end, end - inner_end, &[IoSlice::new(&zeros)])?;
+    }
+    Ok(())
+}

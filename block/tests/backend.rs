@@ -1,0 +1,309 @@
+//! BlockBackend against QEMU's rules: request checks, read-only errors,
+//! error policies and iostatus, statistics, media and trays through a mock
+//! device, and a randomized comparison of an O_DIRECT raw file with an
+//! in-memory model.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use block::drivers::inject::{Count, InjectDriver, Op, Rule};
+use block::drivers::null::NullDriver;
+use block::drivers::raw::RawFile;
+use block::stats::OpKind;
+use block::{BlockBackend, BlockDevOps, BlockDriver, BlockEvent, CacheMode, ErrorAction, Errno, IoStatus, OnError};
+
+fn null_backend(size: u64) -> BlockBackend {
+    let b = BlockBackend::new("d0");
+    b.insert_medium(Arc::new(NullDriver::new(size)), "null").unwrap();
+    b
+}
+
+#[test]
+fn range_checks_follow_blk_check_byte_request() {
+    let b = null_backend(1 << 20);
+    let mut buf = [0u8; 512];
+    assert_eq!(b.read(0, &mut buf), Ok(()));
+    assert_eq!(b.read((1 << 20) - 512, &mut buf), Ok(()), "last sector");
+    assert_eq!(b.read((1 << 20) - 511, &mut buf), Err(Errno::EIO), "crosses the end");
+    assert_eq!(b.read(1 << 20, &mut []), Ok(()), "empty at the end is fine");
+    assert_eq!(b.read((1 << 20) + 1, &mut []), Err(Errno::EIO), "past the end");
+    assert_eq!(b.read(u64::MAX - 10, &mut buf), Err(Errno::EIO), "overflow");
+    assert_eq!(b.write(1 << 20, &buf), Err(Errno::EIO));
+    b.set_allow_write_beyond_eof(true);
+    assert_eq!(b.write(1 << 20, &buf), Ok(()), "allowed beyond EOF");
+    assert_eq!(b.read(1 << 20, &mut buf), Err(Errno::EIO), "reads are still checked");
+    assert_eq!(b.stats().get(OpKind::Read).invalid, 4);
+}
+
+#[test]
+fn no_medium_is_enomedium() {
+    let b = BlockBackend::new("cd");
+    let mut buf = [0u8; 2048];
+    assert_eq!(b.read(0, &mut buf), Err(Errno::ENOMEDIUM));
+    assert_eq!(b.write(0, &buf), Err(Errno::ENOMEDIUM));
+    assert_eq!(b.flush(), Err(Errno::ENOMEDIUM));
+    assert_eq!(b.getlength(), Err(Errno::ENOMEDIUM));
+    assert!(!b.is_inserted());
+}
+
+#[test]
+fn read_only_is_eperm_for_writes_and_eacces_for_truncate() {
+    let b = null_backend(1 << 20);
+    b.set_read_only(true);
+    let mut buf = [0u8; 512];
+    assert_eq!(b.read(0, &mut buf), Ok(()));
+    assert_eq!(b.write(0, &buf), Err(Errno::EPERM));
+    assert_eq!(b.discard(0, 512), Err(Errno::EPERM));
+    assert_eq!(b.write_zeroes(0, 512, false), Err(Errno::EPERM));
+    assert_eq!(b.truncate(4096), Err(Errno::EACCES));
+    assert_eq!(b.flush(), Ok(()));
+}
+
+#[test]
+fn error_actions_for_every_policy_and_errno() {
+    let b = null_backend(4096);
+    let errnos = [Errno::EIO, Errno::ENOSPC, Errno::EROFS, Errno::EPERM];
+    for (write_policy, expect) in [
+        (OnError::Report, [ErrorAction::Report; 4]),
+        (OnError::Ignore, [ErrorAction::Ignore; 4]),
+        (OnError::Stop, [ErrorAction::Stop; 4]),
+        (OnError::Enospc, [ErrorAction::Report, ErrorAction::Stop, ErrorAction::Report, ErrorAction::Report]),
+    ] {
+        b.set_on_error(OnError::Report, write_policy).unwrap();
+        for (e, want) in errnos.iter().zip(expect) {
+            assert_eq!(b.error_action(false, *e), want, "werror={write_policy} errno={e:?}");
+            assert_eq!(b.error_action(true, *e), ErrorAction::Report, "rerror=report");
+        }
+    }
+    for read_policy in [OnError::Report, OnError::Ignore, OnError::Stop] {
+        b.set_on_error(read_policy, OnError::Report).unwrap();
+        let want = read_policy.action(libc::EIO);
+        assert_eq!(b.error_action(true, Errno::ENOSPC), want);
+    }
+    assert!(b.set_on_error(OnError::Enospc, OnError::Report).is_err());
+}
+
+#[test]
+fn handle_error_sets_iostatus_once_and_reports_events() {
+    let b = null_backend(4096);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    b.set_event_sink(Some(Box::new(move |e| sink.lock().unwrap().push(e))));
+    b.set_on_error(OnError::Stop, OnError::Enospc).unwrap();
+    assert_eq!(b.iostatus(), None, "not enabled yet");
+    b.iostatus_enable();
+    assert_eq!(b.iostatus(), Some(IoStatus::Ok));
+    assert_eq!(b.handle_error(false, Errno::EIO), ErrorAction::Report, "enospc policy, EIO: report");
+    assert_eq!(b.iostatus(), Some(IoStatus::Ok), "report leaves iostatus alone");
+    assert_eq!(b.handle_error(false, Errno::ENOSPC), ErrorAction::Stop);
+    assert_eq!(b.iostatus(), Some(IoStatus::NoSpace));
+    assert_eq!(b.handle_error(true, Errno::EIO), ErrorAction::Stop);
+    assert_eq!(b.iostatus(), Some(IoStatus::NoSpace), "the first failure wins");
+    b.iostatus_reset();
+    assert_eq!(b.iostatus(), Some(IoStatus::Ok));
+    let ev = events.lock().unwrap();
+    assert_eq!(ev.len(), 3);
+    assert_eq!(
+        ev[1],
+        BlockEvent::IoError {
+            device: "d0".into(),
+            operation: "write",
+            action: ErrorAction::Stop,
+            nospace: Some(true),
+            reason: Errno::ENOSPC.to_string()
+        }
+    );
+    assert!(matches!(ev[2], BlockEvent::IoError { operation: "read", nospace: Some(false), .. }));
+    // With policies that cannot stop, iostatus is not shown (QEMU's rule).
+    b.set_on_error(OnError::Report, OnError::Report).unwrap();
+    assert_eq!(b.iostatus(), None);
+}
+
+#[test]
+fn stats_count_ops_bytes_failures() {
+    let inject = Arc::new(InjectDriver::new(Arc::new(NullDriver::new(1 << 20))));
+    let b = BlockBackend::new("d1");
+    b.insert_medium(inject.clone(), "x").unwrap();
+    assert!(b.stats().idle_time().is_none());
+    let mut buf = [0u8; 4096];
+    b.read(0, &mut buf).unwrap();
+    b.read(4096, &mut buf[..512]).unwrap();
+    b.write(0, &buf).unwrap();
+    b.flush().unwrap();
+    b.discard(0, 8192).unwrap();
+    inject.add_rule(Rule { op: Op::Read, sectors: None, errno: libc::EIO, count: Count::Once });
+    assert_eq!(b.read(0, &mut buf), Err(Errno::EIO));
+    let r = b.stats().get(OpKind::Read);
+    assert_eq!((r.ops, r.bytes, r.failed, r.invalid), (2, 4608, 1, 0));
+    let w = b.stats().get(OpKind::Write);
+    assert_eq!((w.ops, w.bytes), (1, 4096));
+    assert_eq!(b.stats().get(OpKind::Flush).ops, 1);
+    assert_eq!(b.stats().get(OpKind::Discard).bytes, 8192);
+    assert!(b.stats().idle_time().is_some());
+}
+
+#[derive(Default)]
+struct MockCd {
+    tray_open: AtomicBool,
+    locked: AtomicBool,
+    eject_requests: AtomicU32,
+    resizes: AtomicU32,
+}
+
+impl BlockDevOps for MockCd {
+    fn change_media(&self, load: bool) {
+        self.tray_open.store(!load, Ordering::SeqCst);
+    }
+    fn eject_request(&self, force: bool) {
+        self.eject_requests.fetch_add(1, Ordering::SeqCst);
+        if force {
+            self.locked.store(false, Ordering::SeqCst);
+        }
+    }
+    fn is_tray_open(&self) -> bool {
+        self.tray_open.load(Ordering::SeqCst)
+    }
+    fn is_medium_locked(&self) -> bool {
+        self.locked.load(Ordering::SeqCst)
+    }
+    fn resize(&self) {
+        self.resizes.fetch_add(1, Ordering::SeqCst);
+    }
+    fn removable(&self) -> bool {
+        true
+    }
+    fn has_tray(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn media_and_tray_through_a_mock_device() {
+    let b = BlockBackend::new("ide1-cd0");
+    assert!(b.has_removable_media(), "no device: removable, as QEMU says");
+    let cd = Arc::new(MockCd::default());
+    b.attach_dev(cd.clone());
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = events.clone();
+    b.set_event_sink(Some(Box::new(move |e| sink.lock().unwrap().push(e))));
+    assert!(b.has_removable_media() && b.has_tray());
+    b.insert_medium(Arc::new(NullDriver::new(2048 * 100)), "a.iso").unwrap();
+    assert!(b.insert_medium(Arc::new(NullDriver::new(1)), "b.iso").is_err(), "already a medium");
+    assert!(b.is_available());
+    let mut buf = [0u8; 2048];
+    assert_eq!(b.read(0, &mut buf), Ok(()));
+
+    b.change_media(false); // open the tray
+    assert!(b.is_tray_open() && b.is_inserted() && !b.is_available());
+    assert_eq!(b.read(0, &mut buf), Err(Errno::ENOMEDIUM), "tray open: no medium for I/O");
+    b.change_media(false); // already open: no second event
+    assert!(b.remove_medium().is_some());
+    assert_eq!(b.medium_filename(), None);
+    b.insert_medium(Arc::new(NullDriver::new(2048 * 10)), "b.iso").unwrap();
+    b.change_media(true);
+    assert!(b.is_available());
+    assert_eq!(b.medium_filename().as_deref(), Some("b.iso"));
+    assert_eq!(
+        *events.lock().unwrap(),
+        vec![
+            BlockEvent::TrayMoved { device: "ide1-cd0".into(), tray_open: true },
+            BlockEvent::TrayMoved { device: "ide1-cd0".into(), tray_open: false },
+        ]
+    );
+
+    cd.locked.store(true, Ordering::SeqCst);
+    assert!(b.is_medium_locked());
+    b.eject_request(false);
+    assert!(b.is_medium_locked());
+    b.eject_request(true);
+    assert!(!b.is_medium_locked());
+    assert_eq!(cd.eject_requests.load(Ordering::SeqCst), 2);
+
+    b.truncate(2048 * 20).unwrap();
+    assert_eq!(cd.resizes.load(Ordering::SeqCst), 1);
+    assert_eq!(b.getlength(), Ok(2048 * 20));
+}
+
+/// A file on a filesystem that takes O_DIRECT: the target directory, or
+/// /dev/shm (tmpfs does since Linux 6.6).
+fn direct_file(len: u64) -> Option<PathBuf> {
+    for dir in [PathBuf::from(env!("CARGO_TARGET_TMPDIR")), PathBuf::from("/dev/shm")] {
+        let p = dir.join(format!("backend-direct-{}", std::process::id()));
+        std::fs::write(&p, vec![0u8; len as usize]).ok()?;
+        if RawFile::open(&p, false, CacheMode::None).is_ok() {
+            return Some(p);
+        }
+        let _ = std::fs::remove_file(&p);
+    }
+    None
+}
+
+/// xorshift64*: deterministic, so a failure reproduces from the seed.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn o_direct_raw_file_matches_a_memory_model_under_random_io() {
+    const SIZE: u64 = 256 * 1024;
+    let path = direct_file(SIZE).expect("no filesystem here accepts O_DIRECT");
+    let drv = Arc::new(RawFile::open(&path, false, CacheMode::None).unwrap());
+    assert!(drv.request_alignment() >= 512, "O_DIRECT alignment {}", drv.request_alignment());
+    let b = BlockBackend::new("prop");
+    b.insert_medium(drv, "prop").unwrap();
+    let mut model = vec![0u8; SIZE as usize];
+    for seed in [1u64, 0xdead_beef, 42, 7_777_777] {
+        let mut rng = Rng(seed);
+        for step in 0..400 {
+            let aligned = rng.below(2) == 0;
+            let (off, len) = if aligned {
+                let off = rng.below(SIZE / 512) * 512;
+                (off, (rng.below(16) + 1) * 512)
+            } else {
+                (rng.below(SIZE), rng.below(9000) + 1)
+            };
+            let len = len.min(SIZE - off);
+            let ctx = format!("seed {seed} step {step} off {off} len {len}");
+            match rng.below(5) {
+                0 | 1 => {
+                    // A write split over two buffers, one of them at an odd address.
+                    let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                    let cut = rng.below(len + 1) as usize;
+                    b.pwritev(off, &[IoSlice::new(&data[..cut]), IoSlice::new(&data[cut..])]).expect(&ctx);
+                    model[off as usize..(off + len) as usize].copy_from_slice(&data);
+                }
+                2 => {
+                    b.discard(off - off % 4096, (len / 4096) * 4096).expect(&ctx);
+                    let (s, l) = (off - off % 4096, (len / 4096) * 4096);
+                    model[s as usize..(s + l) as usize].fill(0);
+                }
+                3 => {
+                    b.write_zeroes(off, len, rng.below(2) == 0).expect(&ctx);
+                    model[off as usize..(off + len) as usize].fill(0);
+                }
+                _ => {}
+            }
+            // Read back a random range, also through an odd split.
+            let (roff, rlen) = (rng.below(SIZE), rng.below(10000) + 1);
+            let rlen = rlen.min(SIZE - roff) as usize;
+            let mut got = vec![0u8; rlen + 1];
+            let (head, tail) = got[1..].split_at_mut(rng.below(rlen as u64 + 1) as usize);
+            b.preadv(roff, &mut [IoSliceMut::new(head), IoSliceMut::new(tail)]).expect(&ctx);
+            assert!(got[1..] == model[roff as usize..roff as usize + rlen], "{ctx}: read {roff}+{rlen} differs");
+        }
+    }
+    let on_disk = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(on_disk == model, "file differs from the model at the end");
+}
