@@ -484,8 +484,10 @@ fn bounce_write(drv: &dyn BlockDriver, offset: u64, bytes: u64, iov: &[IoSlice<'
         drv.preadv(start, &mut [IoSliceMut::new(&mut buf.as_mut_slice()[..align as usize])])?;
     }
     let end = offset + bytes;
-    let tail_is_head = span == align;
-    if !end.is_multiple_of(align) && !(tail_is_head && offset != start) {
+    let tail_partial = !end.is_multiple_of(align);
+    // One block holding both ends was already read as the head.
+    let tail_already_read = span == align && offset != start;
+    if tail_partial && !tail_already_read {
         let tail = (span - align) as usize;
         drv.preadv(start + span - align, &mut [IoSliceMut::new(&mut buf.as_mut_slice()[tail..])])?;
     }
