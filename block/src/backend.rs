@@ -160,13 +160,10 @@ impl BlockBackend {
     /// report the event. Returns the action so the caller can stop the VM.
     pub fn handle_error(&self, is_read: bool, errno: Errno) -> ErrorAction {
         let action = self.error_action(is_read, errno);
-        let nospace = {
-            let mut s = self.st();
-            if action == ErrorAction::Stop && s.iostatus_enabled && s.iostatus == IoStatus::Ok {
-                s.iostatus = if errno == Errno::ENOSPC { IoStatus::NoSpace } else { IoStatus::Failed };
-            }
-            s.iostatus_enabled.then_some(errno == Errno::ENOSPC)
-        };
+        if action == ErrorAction::Stop {
+            self.iostatus_set_err(errno);
+        }
+        let nospace = self.st().iostatus_enabled.then_some(errno == Errno::ENOSPC);
         self.emit(BlockEvent::IoError {
             device: self.name.clone(),
             operation: if is_read { "read" } else { "write" },
@@ -321,12 +318,11 @@ impl BlockBackend {
         Ok(drv)
     }
 
-    fn check_writable(&self) -> IoResult<()> {
-        if self.st().read_only {
-            Err(Errno::EPERM)
-        } else {
-            Ok(())
-        }
+    /// `check` for requests that modify the medium: EPERM when read-only.
+    /// A refusal counts as an invalid request of `kind`.
+    fn check_write(&self, offset: u64, bytes: u64, kind: OpKind) -> IoResult<Arc<dyn BlockDriver>> {
+        let r = if self.st().read_only { Err(Errno::EPERM) } else { self.check(offset, bytes, true) };
+        r.inspect_err(|_| self.stats.invalid(kind))
     }
 
     fn account<T>(&self, kind: OpKind, bytes: u64, start: Instant, r: IoResult<T>) -> IoResult<T> {
@@ -355,10 +351,7 @@ impl BlockBackend {
 
     pub fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
         let bytes: u64 = iov.iter().map(|b| b.len() as u64).sum();
-        let drv = self
-            .check_writable()
-            .and_then(|_| self.check(offset, bytes, true))
-            .inspect_err(|_| self.stats.invalid(OpKind::Write))?;
+        let drv = self.check_write(offset, bytes, OpKind::Write)?;
         let start = Instant::now();
         let align = drv.request_alignment();
         let r = if needs_bounce(align, offset, iov.iter().map(|b| (b.as_ptr() as usize, b.len()))) {
@@ -389,10 +382,7 @@ impl BlockBackend {
     }
 
     pub fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
-        let drv = self
-            .check_writable()
-            .and_then(|_| self.check(offset, len, true))
-            .inspect_err(|_| self.stats.invalid(OpKind::Discard))?;
+        let drv = self.check_write(offset, len, OpKind::Discard)?;
         let start = Instant::now();
         if len == 0 {
             // Nothing to do, as in QEMU (fallocate would call it EINVAL).
@@ -405,10 +395,7 @@ impl BlockBackend {
     /// Zeroes a range; unaligned edges are written as data so the bytes
     /// outside the range stay intact.
     pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> IoResult<()> {
-        let drv = self
-            .check_writable()
-            .and_then(|_| self.check(offset, len, true))
-            .inspect_err(|_| self.stats.invalid(OpKind::Write))?;
+        let drv = self.check_write(offset, len, OpKind::Write)?;
         let start = Instant::now();
         let align = drv.request_alignment() as u64;
         let r = if len == 0 {

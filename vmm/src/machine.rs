@@ -15,7 +15,7 @@ use devices::Bus;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::{cpuid, layout::*, regs};
@@ -253,7 +253,6 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
         }
         vcpus.push(Vcpu { id, fd, pio: pio.clone(), mmio: mmio.clone(), control: control.clone(), shutdown: shutdown.clone() });
     }
-    debug_assert!(mem.address_in_range(GuestAddress(ZERO_PAGE_ADDR)));
 
     // From here on: signals, terminal, threads. Every path below ends in
     // stop_and_join and drops the terminal guard.

@@ -93,6 +93,49 @@ impl RawFile {
     }
 }
 
+/// Repeats a vectored read or write (`op`, given the iovecs left and their
+/// offset) until every byte has moved or `op` returns 0, retrying on EINTR.
+/// Returns the iovecs not transferred: empty unless `op` hit end of file.
+fn transfer(
+    mut iovs: Vec<libc::iovec>,
+    mut offset: u64,
+    op: impl Fn(&[libc::iovec], i64) -> isize,
+) -> IoResult<Vec<libc::iovec>> {
+    iovs.retain(|v| v.iov_len > 0);
+    while !iovs.is_empty() {
+        let n = op(&iovs, offset as i64);
+        if n < 0 {
+            match Errno::last() {
+                Errno(libc::EINTR) => continue,
+                e => return Err(e),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        offset += n as u64;
+        advance(&mut iovs, n as usize);
+    }
+    Ok(iovs)
+}
+
+/// Drops the first `n` bytes from `iovs`: whole entries, then part of one.
+fn advance(iovs: &mut Vec<libc::iovec>, mut n: usize) {
+    let mut done = 0;
+    for v in iovs.iter_mut() {
+        if n >= v.iov_len {
+            n -= v.iov_len;
+            done += 1;
+        } else {
+            // SAFETY: n < iov_len, so the new base stays inside the buffer.
+            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+            v.iov_len -= n;
+            break;
+        }
+    }
+    iovs.drain(..done);
+}
+
 impl BlockDriver for RawFile {
     fn name(&self) -> &'static str {
         "raw"
@@ -108,99 +151,30 @@ impl BlockDriver for RawFile {
         }
     }
 
-    fn preadv(&self, mut offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
-        let mut idx = 0;
-        let mut skip = 0usize;
-        while idx < iov.len() {
-            let cur: Vec<libc::iovec> = iov[idx..]
-                .iter_mut()
-                .enumerate()
-                .map(|(i, b)| {
-                    let s = if i == 0 { skip } else { 0 };
-                    libc::iovec { iov_base: b[s..].as_mut_ptr().cast(), iov_len: b.len() - s }
-                })
-                .collect();
-            // SAFETY: the iovecs point into live, exclusively borrowed buffers.
-            let n = unsafe { libc::preadv(self.file.as_raw_fd(), cur.as_ptr(), cur.len() as i32, offset as i64) };
-            if n < 0 {
-                let e = Errno::last();
-                if e.0 == libc::EINTR {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                // End of file: the rest reads as zeros.
-                for (i, b) in iov[idx..].iter_mut().enumerate() {
-                    let s = if i == 0 { skip } else { 0 };
-                    b[s..].fill(0);
-                }
-                return Ok(());
-            }
-            let mut n = n as usize;
-            offset += n as u64;
-            while idx < iov.len() && n > 0 {
-                let left = iov[idx].len() - skip;
-                if n >= left {
-                    n -= left;
-                    idx += 1;
-                    skip = 0;
-                } else {
-                    skip += n;
-                    n = 0;
-                }
-            }
-            while idx < iov.len() && iov[idx].len() == skip {
-                idx += 1;
-                skip = 0;
-            }
+    fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
+        let iovs = iov.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+        let fd = self.file.as_raw_fd();
+        // SAFETY: the iovecs point into live, exclusively borrowed buffers.
+        let rest = transfer(iovs, offset, |v, off| unsafe { libc::preadv(fd, v.as_ptr(), v.len() as i32, off) })?;
+        // End of file: what was not read reads as zeros.
+        for v in rest {
+            // SAFETY: each remaining iovec is the unread tail of a caller buffer.
+            unsafe { std::ptr::write_bytes(v.iov_base.cast::<u8>(), 0, v.iov_len) };
         }
         Ok(())
     }
 
-    fn pwritev(&self, mut offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
-        let mut idx = 0;
-        let mut skip = 0usize;
-        while idx < iov.len() {
-            let cur: Vec<libc::iovec> = iov[idx..]
-                .iter()
-                .enumerate()
-                .map(|(i, b)| {
-                    let s = if i == 0 { skip } else { 0 };
-                    libc::iovec { iov_base: b[s..].as_ptr() as *mut _, iov_len: b.len() - s }
-                })
-                .collect();
-            // SAFETY: the iovecs point into live buffers; pwritev only reads them.
-            let n = unsafe { libc::pwritev(self.file.as_raw_fd(), cur.as_ptr(), cur.len() as i32, offset as i64) };
-            if n < 0 {
-                let e = Errno::last();
-                if e.0 == libc::EINTR {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 && cur.iter().any(|v| v.iov_len > 0) {
-                return Err(Errno::EIO);
-            }
-            let mut n = n as usize;
-            offset += n as u64;
-            while idx < iov.len() && n > 0 {
-                let left = iov[idx].len() - skip;
-                if n >= left {
-                    n -= left;
-                    idx += 1;
-                    skip = 0;
-                } else {
-                    skip += n;
-                    n = 0;
-                }
-            }
-            while idx < iov.len() && iov[idx].len() == skip {
-                idx += 1;
-                skip = 0;
-            }
+    fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
+        let iovs = iov.iter().map(|b| libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() }).collect();
+        let fd = self.file.as_raw_fd();
+        // SAFETY: the iovecs point into live buffers; pwritev only reads them.
+        let rest = transfer(iovs, offset, |v, off| unsafe { libc::pwritev(fd, v.as_ptr(), v.len() as i32, off) })?;
+        if rest.is_empty() {
+            Ok(())
+        } else {
+            // A write that makes no progress would otherwise loop forever.
+            Err(Errno::EIO)
         }
-        Ok(())
     }
 
     fn flush(&self) -> IoResult<()> {
@@ -271,6 +245,40 @@ mod tests {
         assert_eq!(&y[50..], &[2u8; 412]);
         f.flush().unwrap();
         assert_eq!(f.size().unwrap(), 8192);
+    }
+
+    #[test]
+    fn transfer_survives_short_transfers_eintr_and_eof() {
+        // A fake syscall that moves at most 3 bytes per call from a 10-byte
+        // source, failing once with EINTR first.
+        let src: Vec<u8> = (1..=10).collect();
+        let (mut a, mut b, mut c) = ([0u8; 4], [0u8; 0], [0u8; 9]);
+        let iovs = vec![
+            libc::iovec { iov_base: a.as_mut_ptr().cast(), iov_len: a.len() },
+            libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() },
+            libc::iovec { iov_base: c.as_mut_ptr().cast(), iov_len: c.len() },
+        ];
+        let calls = std::cell::Cell::new(0);
+        let rest = transfer(iovs, 0, |v, off| {
+            calls.set(calls.get() + 1);
+            if calls.get() == 1 {
+                // SAFETY: sets errno for this thread, as a failing syscall would.
+                unsafe { *libc::__errno_location() = libc::EINTR };
+                return -1;
+            }
+            let off = off as usize;
+            let n = v[0].iov_len.min(3).min(src.len().saturating_sub(off));
+            // SAFETY: copies n <= iov_len bytes into the first iovec.
+            unsafe { std::ptr::copy_nonoverlapping(src[off..].as_ptr(), v[0].iov_base.cast::<u8>(), n) };
+            n as isize
+        })
+        .unwrap();
+        assert_eq!(a, [1, 2, 3, 4]);
+        assert_eq!(&c[..6], &[5, 6, 7, 8, 9, 10]);
+        // End of source after 10 bytes: 3 bytes of `c` were not transferred.
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].iov_len, 3);
+        assert_eq!(rest[0].iov_base as usize, c.as_ptr() as usize + 6);
     }
 
     #[test]
