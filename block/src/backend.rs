@@ -10,14 +10,18 @@
 //! byte whatever offsets and lengths it uses.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use crate::align::AlignedBuf;
 use crate::devops::BlockDevOps;
 use crate::driver::{BlockDriver, Errno, IoResult};
+use crate::gate::WriteGate;
+use crate::iov::{total_len, IoVec};
 use crate::policy::{ErrorAction, OnError};
-use crate::stats::{OpKind, Stats};
+use crate::request::ReqOp;
+use crate::stats::Stats;
 
 /// QEMU's cap on one request (BDRV_REQUEST_MAX_BYTES, about 2 GiB).
 pub const MAX_REQUEST_BYTES: u64 = (i32::MAX as u64) & !511;
@@ -63,10 +67,14 @@ pub struct BlockBackend {
     state: Mutex<State>,
     stats: Stats,
     events: Mutex<Option<EventSink>>,
-    /// Unaligned writes do read-modify-write of whole blocks; they take this
-    /// exclusively so that no other write to the same blocks slips between
-    /// their read and their write. Other writes take it shared.
-    rmw: RwLock<()>,
+    /// Unaligned writes do read-modify-write of whole blocks; see `gate`.
+    gate: WriteGate,
+    /// Requests a driver is working on, for drain.
+    in_flight: AtomicUsize,
+    /// Nested drained sections; the device is held back while non-zero.
+    quiesce: AtomicUsize,
+    drain_lock: Mutex<()>,
+    drain_cv: Condvar,
 }
 
 impl BlockBackend {
@@ -88,7 +96,11 @@ impl BlockBackend {
             }),
             stats: Stats::default(),
             events: Mutex::new(None),
-            rmw: RwLock::new(()),
+            gate: WriteGate::default(),
+            in_flight: AtomicUsize::new(0),
+            quiesce: AtomicUsize::new(0),
+            drain_lock: Mutex::new(()),
+            drain_cv: Condvar::new(),
         }
     }
 
@@ -318,50 +330,99 @@ impl BlockBackend {
         Ok(drv)
     }
 
-    /// `check` for requests that modify the medium: EPERM when read-only.
-    /// A refusal counts as an invalid request of `kind`.
-    fn check_write(&self, offset: u64, bytes: u64, kind: OpKind) -> IoResult<Arc<dyn BlockDriver>> {
-        let r = if self.st().read_only { Err(Errno::EPERM) } else { self.check(offset, bytes, true) };
-        r.inspect_err(|_| self.stats.invalid(kind))
+    /// Checks a request before any driver sees it and returns the driver to
+    /// run it on. Writes to a read-only drive are EPERM. A refusal counts as
+    /// an invalid request.
+    pub(crate) fn prepare(&self, op: ReqOp, offset: u64, len: u64) -> IoResult<Arc<dyn BlockDriver>> {
+        let r = match op {
+            ReqOp::Read => self.check(offset, len, false),
+            ReqOp::Flush => self.driver(),
+            _ if self.st().read_only => Err(Errno::EPERM),
+            _ => self.check(offset, len, true),
+        };
+        r.inspect_err(|_| self.stats.invalid(op.kind()))
     }
 
-    fn account<T>(&self, kind: OpKind, bytes: u64, start: Instant, r: IoResult<T>) -> IoResult<T> {
-        match &r {
-            Ok(_) => self.stats.done(kind, bytes, start.elapsed()),
-            Err(_) => self.stats.failed(kind),
+    /// Runs a checked request to its end on this thread (the blocking calls
+    /// and the thread pool): bounces what O_DIRECT cannot take, and passes
+    /// the write gate around writes.
+    ///
+    /// # Safety
+    /// `iov` must be valid as `Request` describes until this returns.
+    pub(crate) unsafe fn exec(&self, drv: &dyn BlockDriver, op: ReqOp, offset: u64, len: u64, iov: &[IoVec]) -> IoResult<()> {
+        let align = drv.request_alignment();
+        match op {
+            ReqOp::Read if needs_bounce(align, offset, iov) => bounce_read(drv, offset, len, iov),
+            ReqOp::Read => drv.preadv(offset, IoVec::as_mut_slices(iov)),
+            ReqOp::Write if needs_bounce(align, offset, iov) => {
+                let _excl = self.gate.exclusive(align);
+                bounce_write(drv, offset, len, IoVec::as_slices(iov))
+            }
+            ReqOp::Write => {
+                let _shared = self.gate.shared(align);
+                drv.pwritev(offset, IoVec::as_slices(iov))
+            }
+            ReqOp::Flush => drv.flush(),
+            // Nothing to do, as in QEMU (fallocate would call it EINVAL).
+            ReqOp::Discard | ReqOp::WriteZeroes { .. } if len == 0 => Ok(()),
+            ReqOp::Discard => {
+                let _shared = self.gate.shared(align);
+                drv.discard(offset, len)
+            }
+            // Unaligned edges are written as data so the bytes outside the
+            // range stay intact.
+            ReqOp::WriteZeroes { unmap } if !offset.is_multiple_of(align as u64) || !len.is_multiple_of(align as u64) => {
+                let _excl = self.gate.exclusive(align);
+                zeroes_unaligned(drv, offset, len, align as u64, unmap)
+            }
+            ReqOp::WriteZeroes { unmap } => {
+                let _shared = self.gate.shared(align);
+                drv.write_zeroes(offset, len, unmap)
+            }
+        }
+    }
+
+    pub(crate) fn gate(&self) -> &WriteGate {
+        &self.gate
+    }
+
+    /// Counts a finished request in the statistics.
+    pub(crate) fn account(&self, op: ReqOp, bytes: u64, start: Instant, r: IoResult<()>) -> IoResult<()> {
+        match r {
+            Ok(()) => self.stats.done(op.kind(), bytes, start.elapsed()),
+            Err(_) => self.stats.failed(op.kind()),
         }
         r
+    }
+
+    /// The blocking path: check, count in flight, run, account.
+    fn run(&self, op: ReqOp, offset: u64, len: u64, iov: &[IoVec]) -> IoResult<()> {
+        let drv = self.prepare(op, offset, len)?;
+        self.request_begin();
+        let start = Instant::now();
+        // SAFETY: `iov` is borrowed from the caller's slices for this call.
+        let r = unsafe { self.exec(&*drv, op, offset, len, iov) };
+        self.request_end();
+        self.account(op, len, start, r)
     }
 
     pub fn getlength(&self) -> IoResult<u64> {
         self.driver()?.size()
     }
 
+    /// The blocking calls below run on the caller's thread, for callers
+    /// that want an answer before they go on (IDE PIO, tools, tests). A
+    /// thread that owns an `IoQueue` with writes in flight uses the queue
+    /// instead: an unaligned blocking write would wait for those writes,
+    /// which only that thread can complete.
     pub fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
-        let bytes: u64 = iov.iter().map(|b| b.len() as u64).sum();
-        let drv = self.check(offset, bytes, false).inspect_err(|_| self.stats.invalid(OpKind::Read))?;
-        let start = Instant::now();
-        let r = if needs_bounce(drv.request_alignment(), offset, iov.iter().map(|b| (b.as_ptr() as usize, b.len()))) {
-            bounce_read(&*drv, offset, bytes, iov)
-        } else {
-            drv.preadv(offset, iov)
-        };
-        self.account(OpKind::Read, bytes, start, r)
+        let iov = IoVec::from_mut_slices(iov);
+        self.run(ReqOp::Read, offset, total_len(iov), iov)
     }
 
     pub fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
-        let bytes: u64 = iov.iter().map(|b| b.len() as u64).sum();
-        let drv = self.check_write(offset, bytes, OpKind::Write)?;
-        let start = Instant::now();
-        let align = drv.request_alignment();
-        let r = if needs_bounce(align, offset, iov.iter().map(|b| (b.as_ptr() as usize, b.len()))) {
-            let _excl = self.rmw.write().unwrap_or_else(|e| e.into_inner());
-            bounce_write(&*drv, offset, bytes, iov)
-        } else {
-            let _shared = self.rmw.read().unwrap_or_else(|e| e.into_inner());
-            drv.pwritev(offset, iov)
-        };
-        self.account(OpKind::Write, bytes, start, r)
+        let iov = IoVec::from_slices(iov);
+        self.run(ReqOp::Write, offset, total_len(iov), iov)
     }
 
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
@@ -372,42 +433,18 @@ impl BlockBackend {
         self.pwritev(offset, &[IoSlice::new(buf)])
     }
 
-    /// Flushes when the write cache is on (with it off every write is
-    /// already durable... for the guest's purposes, QEMU flushes anyway; so
-    /// do we: a flush always reaches the driver).
+    /// A flush always reaches the driver, whatever the write cache says,
+    /// as in QEMU (the raw driver drops it only for cache=unsafe).
     pub fn flush(&self) -> IoResult<()> {
-        let drv = self.driver().inspect_err(|_| self.stats.invalid(OpKind::Flush))?;
-        let start = Instant::now();
-        self.account(OpKind::Flush, 0, start, drv.flush())
+        self.run(ReqOp::Flush, 0, 0, &[])
     }
 
     pub fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
-        let drv = self.check_write(offset, len, OpKind::Discard)?;
-        let start = Instant::now();
-        if len == 0 {
-            // Nothing to do, as in QEMU (fallocate would call it EINVAL).
-            return self.account(OpKind::Discard, 0, start, Ok(()));
-        }
-        let _shared = self.rmw.read().unwrap_or_else(|e| e.into_inner());
-        self.account(OpKind::Discard, len, start, drv.discard(offset, len))
+        self.run(ReqOp::Discard, offset, len, &[])
     }
 
-    /// Zeroes a range; unaligned edges are written as data so the bytes
-    /// outside the range stay intact.
     pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> IoResult<()> {
-        let drv = self.check_write(offset, len, OpKind::Write)?;
-        let start = Instant::now();
-        let align = drv.request_alignment() as u64;
-        let r = if len == 0 {
-            Ok(())
-        } else if align > 1 && (!offset.is_multiple_of(align) || !len.is_multiple_of(align)) {
-            let _excl = self.rmw.write().unwrap_or_else(|e| e.into_inner());
-            zeroes_unaligned(&*drv, offset, len, align, unmap)
-        } else {
-            let _shared = self.rmw.read().unwrap_or_else(|e| e.into_inner());
-            drv.write_zeroes(offset, len, unmap)
-        };
-        self.account(OpKind::Write, len, start, r)
+        self.run(ReqOp::WriteZeroes { unmap }, offset, len, &[])
     }
 
     /// Resizes the medium and tells the device. Read-only: EACCES, as QEMU.
@@ -421,10 +458,84 @@ impl BlockBackend {
         }
         Ok(())
     }
+
+    // --- in flight and drain -------------------------------------------
+
+    pub(crate) fn request_begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A driver finished a request; wakes drainers when it was the last.
+    pub(crate) fn request_end(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.quiesce.load(Ordering::SeqCst) > 0 {
+            let _g = self.drain_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.drain_cv.notify_all();
+        }
+    }
+
+    /// Requests a driver is still working on.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Starts a drained section: the device stops submitting (its
+    /// drained_begin, on the first of nested sections), then this waits
+    /// until no request of this drive is in flight. Requests submitted
+    /// through an `IoQueue` complete only when that queue's thread polls it,
+    /// so that thread must keep polling (or call `IoQueue::drain`).
+    pub fn drained_begin(&self) {
+        self.quiesce_begin();
+        self.wait_idle();
+    }
+
+    /// Ends a drained section; the device resumes on the last one.
+    pub fn drained_end(&self) {
+        if self.quiesce.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if let Some(d) = self.dev() {
+                d.drained_end();
+            }
+        }
+    }
+
+    /// Waits until nothing of this drive is in flight, with the device
+    /// held back meanwhile.
+    pub fn drain(&self) {
+        self.drained_begin();
+        self.drained_end();
+    }
+
+    pub(crate) fn quiesce_begin(&self) {
+        if self.quiesce.fetch_add(1, Ordering::SeqCst) == 0 {
+            if let Some(d) = self.dev() {
+                d.drained_begin();
+            }
+        }
+    }
+
+    pub(crate) fn wait_idle(&self) {
+        let mut g = self.drain_lock.lock().unwrap_or_else(|e| e.into_inner());
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            g = self.drain_cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Drains every drive at once: all devices stop first, so none can
+    /// start a request on another drive while the others are waited for.
+    pub fn drain_all(backends: &[Arc<BlockBackend>]) {
+        for b in backends {
+            b.quiesce_begin();
+        }
+        for b in backends {
+            b.wait_idle();
+        }
+        for b in backends {
+            b.drained_end();
+        }
+    }
 }
 
 /// O_DIRECT wants offset, length and every buffer aligned.
-fn needs_bounce(align: usize, offset: u64, bufs: impl Iterator<Item = (usize, usize)>) -> bool {
+fn needs_bounce(align: usize, offset: u64, iov: &[IoVec]) -> bool {
     if align <= 1 {
         return false;
     }
@@ -433,13 +544,19 @@ fn needs_bounce(align: usize, offset: u64, bufs: impl Iterator<Item = (usize, us
         return true;
     }
     let mut total = 0u64;
-    for (ptr, len) in bufs {
-        if ptr % align != 0 || len % align != 0 {
+    for v in iov {
+        if v.base() as usize % align != 0 || v.len() % align != 0 {
             return true;
         }
-        total += len as u64;
+        total += v.len() as u64;
     }
     !total.is_multiple_of(a)
+}
+
+/// Whether an asynchronous engine can hand this request to the kernel as it
+/// is: aligned for the driver's O_DIRECT needs.
+pub(crate) fn is_aligned(align: usize, offset: u64, iov: &[IoVec]) -> bool {
+    !needs_bounce(align, offset, iov)
 }
 
 fn aligned_span(offset: u64, bytes: u64, align: u64) -> (u64, u64) {
@@ -448,20 +565,20 @@ fn aligned_span(offset: u64, bytes: u64, align: u64) -> (u64, u64) {
     (start, end - start)
 }
 
-fn bounce_read(drv: &dyn BlockDriver, offset: u64, bytes: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
+/// # Safety
+/// `iov` must be valid for writes.
+unsafe fn bounce_read(drv: &dyn BlockDriver, offset: u64, bytes: u64, iov: &[IoVec]) -> IoResult<()> {
     let align = drv.request_alignment() as u64;
     let (start, span) = aligned_span(offset, bytes, align);
     let mut buf = AlignedBuf::new(span as usize, align as usize);
     drv.preadv(start, &mut [IoSliceMut::new(buf.as_mut_slice())])?;
     let mut pos = (offset - start) as usize;
-    for b in iov.iter_mut() {
-        let n = b.len();
-        b.copy_from_slice(&buf.as_slice()[pos..pos + n]);
-        pos += n;
+    for v in iov {
+        std::ptr::copy_nonoverlapping(buf.as_slice()[pos..pos + v.len()].as_ptr(), v.base(), v.len());
+        pos += v.len();
     }
     Ok(())
 }
-
 fn bounce_write(drv: &dyn BlockDriver, offset: u64, bytes: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
     let align = drv.request_alignment() as u64;
     let (start, span) = aligned_span(offset, bytes, align);

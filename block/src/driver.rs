@@ -31,6 +31,20 @@ impl std::fmt::Display for Errno {
 
 pub type IoResult<T> = Result<T, Errno>;
 
+/// How an asynchronous queue may run a driver's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsyncMode {
+    /// Never blocks and costs little: run at submission, on the caller's
+    /// thread (null). A thread hop would cost more than the request.
+    Inline,
+    /// A plain file: a read or write at offset N is exactly a read or write
+    /// of this descriptor at N, so io_uring may do it directly; `flush` says
+    /// whether a flush must reach the file (false for cache=unsafe).
+    File { fd: std::os::fd::RawFd, flush: bool },
+    /// May block: run on the thread pool.
+    Blocking,
+}
+
 /// Byte-addressed storage. Calls may come from several threads at once.
 ///
 /// `preadv` and `pwritev` transfer the whole request or fail; a read past
@@ -58,5 +72,9 @@ pub trait BlockDriver: Send + Sync {
     /// (O_DIRECT: the logical block size). 1 when anything goes.
     fn request_alignment(&self) -> usize {
         1
+    }
+    /// Blocking unless the driver knows better.
+    fn async_mode(&self) -> AsyncMode {
+        AsyncMode::Blocking
     }
 }

@@ -1,19 +1,27 @@
-//! The block layer: named drives (`BlockBackend`) over drivers, with QEMU's
-//! error policies. At this stage it holds the vocabulary the rest of the VMM
-//! already needs to parse and validate drive options; the backend and its
-//! drivers build on these types.
+//! The block layer: named drives (`BlockBackend`) over drivers (raw file,
+//! null, error injection), with QEMU's request checks, error policies,
+//! iostatus, statistics, media and drain; requests run blocking on the
+//! caller's thread or asynchronously through an `IoQueue` (io_uring or a
+//! thread pool). No KVM and no guest memory here: devices hand in buffers.
 
+pub mod aio;
 pub mod align;
 pub mod backend;
 pub mod devops;
 pub mod driver;
 pub mod drivers;
+mod gate;
+pub mod iov;
 pub mod policy;
+pub mod request;
 pub mod stats;
 
+pub use aio::IoQueue;
 pub use backend::{BlockBackend, BlockEvent, IoStatus};
 pub use devops::BlockDevOps;
-pub use driver::{BlockDriver, Errno, IoResult};
+pub use driver::{AsyncMode, BlockDriver, Errno, IoResult};
+pub use iov::IoVec;
+pub use request::{Completion, ReqOp, Request};
 pub use policy::{AioEngine, CacheMode, ErrorAction, OnError};
 
 /// Errors of the block crate.
@@ -33,6 +41,8 @@ pub enum Error {
     /// An image that cannot be opened as asked, named in the message.
     #[error("cannot open '{path}': {reason}")]
     Open { path: std::path::PathBuf, reason: String },
+    #[error("cannot set up an I/O queue: {0}")]
+    Queue(String),
     #[error("there already is a medium in device '{0}'")]
     MediumPresent(String),
 }

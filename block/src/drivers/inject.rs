@@ -7,7 +7,7 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::{Arc, Mutex};
 
-use crate::driver::{BlockDriver, Errno, IoResult};
+use crate::driver::{AsyncMode, BlockDriver, Errno, IoResult};
 
 /// Which requests a rule applies to. Write-zeroes counts as a write, as in
 /// QEMU's error accounting.
@@ -149,6 +149,15 @@ impl BlockDriver for InjectDriver {
     }
     fn request_alignment(&self) -> usize {
         self.inner.request_alignment()
+    }
+    /// The rules must see every request, so a file underneath is never
+    /// handed to io_uring directly; over an inline driver the rule check is
+    /// cheap enough to stay inline.
+    fn async_mode(&self) -> AsyncMode {
+        match self.inner.async_mode() {
+            AsyncMode::Inline => AsyncMode::Inline,
+            _ => AsyncMode::Blocking,
+        }
     }
 }
 

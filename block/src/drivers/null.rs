@@ -4,7 +4,7 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::driver::{BlockDriver, IoResult};
+use crate::driver::{AsyncMode, BlockDriver, IoResult};
 
 pub struct NullDriver {
     size: AtomicU64,
@@ -44,6 +44,9 @@ impl BlockDriver for NullDriver {
     fn truncate(&self, size: u64) -> IoResult<()> {
         self.size.store(size, Ordering::Relaxed);
         Ok(())
+    }
+    fn async_mode(&self) -> AsyncMode {
+        AsyncMode::Inline
     }
 }
 

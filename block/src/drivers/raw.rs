@@ -12,7 +12,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::driver::{BlockDriver, Errno, IoResult};
+use crate::driver::{AsyncMode, BlockDriver, Errno, IoResult};
+use crate::iov::{advance, zero, IoVec};
 use crate::policy::CacheMode;
 use crate::Error;
 
@@ -93,15 +94,15 @@ impl RawFile {
     }
 }
 
-/// Repeats a vectored read or write (`op`, given the iovecs left and their
-/// offset) until every byte has moved or `op` returns 0, retrying on EINTR.
-/// Returns the iovecs not transferred: empty unless `op` hit end of file.
-fn transfer(
-    mut iovs: Vec<libc::iovec>,
-    mut offset: u64,
-    op: impl Fn(&[libc::iovec], i64) -> isize,
-) -> IoResult<Vec<libc::iovec>> {
-    iovs.retain(|v| v.iov_len > 0);
+/// Linux's limit on segments per call; the loop below moves the rest later.
+const IOV_MAX: usize = 1024;
+
+/// Repeats a vectored read or write (`op`, given the segments left and
+/// their offset) until every byte has moved or `op` returns 0, retrying on
+/// EINTR. Returns the segments not transferred: empty unless `op` hit end
+/// of file.
+fn transfer(mut iovs: Vec<IoVec>, mut offset: u64, op: impl Fn(&[IoVec], i64) -> isize) -> IoResult<Vec<IoVec>> {
+    iovs.retain(|v| !v.is_empty());
     while !iovs.is_empty() {
         let n = op(&iovs, offset as i64);
         if n < 0 {
@@ -117,23 +118,6 @@ fn transfer(
         advance(&mut iovs, n as usize);
     }
     Ok(iovs)
-}
-
-/// Drops the first `n` bytes from `iovs`: whole entries, then part of one.
-fn advance(iovs: &mut Vec<libc::iovec>, mut n: usize) {
-    let mut done = 0;
-    for v in iovs.iter_mut() {
-        if n >= v.iov_len {
-            n -= v.iov_len;
-            done += 1;
-        } else {
-            // SAFETY: n < iov_len, so the new base stays inside the buffer.
-            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
-            v.iov_len -= n;
-            break;
-        }
-    }
-    iovs.drain(..done);
 }
 
 impl BlockDriver for RawFile {
@@ -152,23 +136,25 @@ impl BlockDriver for RawFile {
     }
 
     fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
-        let iovs = iov.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+        let iovs = IoVec::from_mut_slices(iov).to_vec();
         let fd = self.file.as_raw_fd();
-        // SAFETY: the iovecs point into live, exclusively borrowed buffers.
-        let rest = transfer(iovs, offset, |v, off| unsafe { libc::preadv(fd, v.as_ptr(), v.len() as i32, off) })?;
+        // SAFETY: the segments point into live, exclusively borrowed buffers.
+        let rest = transfer(iovs, offset, |v, off| unsafe {
+            libc::preadv(fd, IoVec::as_iovec_ptr(v), v.len().min(IOV_MAX) as i32, off)
+        })?;
         // End of file: what was not read reads as zeros.
-        for v in rest {
-            // SAFETY: each remaining iovec is the unread tail of a caller buffer.
-            unsafe { std::ptr::write_bytes(v.iov_base.cast::<u8>(), 0, v.iov_len) };
-        }
+        // SAFETY: each remaining segment is the unread tail of a caller buffer.
+        unsafe { zero(&rest) };
         Ok(())
     }
 
     fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
-        let iovs = iov.iter().map(|b| libc::iovec { iov_base: b.as_ptr() as *mut _, iov_len: b.len() }).collect();
+        let iovs = IoVec::from_slices(iov).to_vec();
         let fd = self.file.as_raw_fd();
-        // SAFETY: the iovecs point into live buffers; pwritev only reads them.
-        let rest = transfer(iovs, offset, |v, off| unsafe { libc::pwritev(fd, v.as_ptr(), v.len() as i32, off) })?;
+        // SAFETY: the segments point into live buffers; pwritev only reads them.
+        let rest = transfer(iovs, offset, |v, off| unsafe {
+            libc::pwritev(fd, IoVec::as_iovec_ptr(v), v.len().min(IOV_MAX) as i32, off)
+        })?;
         if rest.is_empty() {
             Ok(())
         } else {
@@ -220,6 +206,10 @@ impl BlockDriver for RawFile {
     fn request_alignment(&self) -> usize {
         self.alignment
     }
+
+    fn async_mode(&self) -> AsyncMode {
+        AsyncMode::File { fd: self.file.as_raw_fd(), flush: self.cache != CacheMode::Unsafe }
+    }
 }
 
 #[cfg(test)]
@@ -254,9 +244,9 @@ mod tests {
         let src: Vec<u8> = (1..=10).collect();
         let (mut a, mut b, mut c) = ([0u8; 4], [0u8; 0], [0u8; 9]);
         let iovs = vec![
-            libc::iovec { iov_base: a.as_mut_ptr().cast(), iov_len: a.len() },
-            libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() },
-            libc::iovec { iov_base: c.as_mut_ptr().cast(), iov_len: c.len() },
+            IoVec::new(a.as_mut_ptr(), a.len()),
+            IoVec::new(b.as_mut_ptr(), b.len()),
+            IoVec::new(c.as_mut_ptr(), c.len()),
         ];
         let calls = std::cell::Cell::new(0);
         let rest = transfer(iovs, 0, |v, off| {
@@ -267,9 +257,9 @@ mod tests {
                 return -1;
             }
             let off = off as usize;
-            let n = v[0].iov_len.min(3).min(src.len().saturating_sub(off));
-            // SAFETY: copies n <= iov_len bytes into the first iovec.
-            unsafe { std::ptr::copy_nonoverlapping(src[off..].as_ptr(), v[0].iov_base.cast::<u8>(), n) };
+            let n = v[0].len().min(3).min(src.len().saturating_sub(off));
+            // SAFETY: copies n <= len bytes into the first segment.
+            unsafe { std::ptr::copy_nonoverlapping(src[off..].as_ptr(), v[0].base(), n) };
             n as isize
         })
         .unwrap();
@@ -277,8 +267,8 @@ mod tests {
         assert_eq!(&c[..6], &[5, 6, 7, 8, 9, 10]);
         // End of source after 10 bytes: 3 bytes of `c` were not transferred.
         assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].iov_len, 3);
-        assert_eq!(rest[0].iov_base as usize, c.as_ptr() as usize + 6);
+        assert_eq!(rest[0].len(), 3);
+        assert_eq!(rest[0].base() as usize, c.as_ptr() as usize + 6);
     }
 
     #[test]
