@@ -73,6 +73,9 @@ pub trait BlockDriver: Send + Sync {
     fn request_alignment(&self) -> usize {
         1
     }
+    /// A write that an engine did without the driver (io_uring on the
+    /// file) ended at `end`: a driver that caches its size grows it.
+    fn grown_to(&self, _end: u64) {}
     /// Blocking unless the driver knows better.
     fn async_mode(&self) -> AsyncMode {
         AsyncMode::Blocking

@@ -54,7 +54,7 @@ struct Slot {
     fd: RawFd,
     /// Keeps the file open until the kernel is done with it, even if the
     /// medium is removed meanwhile.
-    _drv: Arc<dyn BlockDriver>,
+    drv: Arc<dyn BlockDriver>,
     /// Holds the backend's write gate shared.
     gate: bool,
 }
@@ -85,6 +85,16 @@ fn io_uring_unavailable(e: &std::io::Error) {
     ONCE.call_once(|| eprintln!("block: io_uring is unavailable ({e}); using the thread pool"));
 }
 
+/// A ring whose completions do not interrupt the owner thread while it
+/// runs (COOP_TASKRUN): measured on tmpfs, 3x the requests per second of a
+/// plain ring. A sleeping owner is still woken (its poll or epoll returns
+/// EINTR and the completions are posted), and TASKRUN_FLAG tells `poll` when
+/// posted-but-unprocessed completions need a trip into the kernel. Kernels
+/// before 5.19 lack both: a plain ring then.
+fn new_ring() -> std::io::Result<IoUring> {
+    IoUring::builder().setup_coop_taskrun().setup_taskrun_flag().build(RING_ENTRIES).or_else(|_| IoUring::new(RING_ENTRIES))
+}
+
 impl IoQueue {
     /// A queue for `backend`. `AioEngine::IoUring` falls back to the thread
     /// pool, said once on stderr, when the kernel refuses io_uring.
@@ -94,7 +104,7 @@ impl IoQueue {
         let ring = match engine {
             AioEngine::Threads => None,
             AioEngine::IoUring => {
-                let r = IoUring::new(RING_ENTRIES).and_then(|r| {
+                let r = new_ring().and_then(|r| {
                     r.submitter().register_eventfd(efd.as_raw_fd())?;
                     Ok(r)
                 });
@@ -170,7 +180,7 @@ impl IoQueue {
                     // An unaligned write holds the file: wait for it on the pool.
                     return self.to_pool(drv, op, offset, len, iov, token, start);
                 }
-                let slot = Slot { token, op, bytes: len, offset, iov, start, fd, _drv: drv, gate };
+                let slot = Slot { token, op, bytes: len, offset, iov, start, fd, drv, gate };
                 let idx = match self.free.pop() {
                     Some(i) => {
                         self.slots[i] = Some(slot);
@@ -241,11 +251,17 @@ impl IoQueue {
     /// Gives queued requests to the kernel now (poll does this too).
     pub fn flush_submissions(&mut self) {
         if self.unsubmitted {
-            if let Some(ring) = self.ring.as_ref() {
-                // EBUSY/EAGAIN leave the entries queued; the next poll retries.
-                if ring.submit().is_ok() {
-                    self.unsubmitted = false;
-                }
+            self.enter();
+        }
+    }
+
+    /// One trip into the kernel: submits what is queued and, as the trip
+    /// returns, lets it post the completions it holds back.
+    fn enter(&mut self) {
+        if let Some(ring) = self.ring.as_ref() {
+            // EBUSY/EAGAIN leave the entries queued; the next poll retries.
+            if ring.submit().is_ok() {
+                self.unsubmitted = false;
             }
         }
     }
@@ -253,22 +269,37 @@ impl IoQueue {
     /// Appends every completion available now to `out`; returns how many.
     pub fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
         let before = out.len();
-        self.flush_submissions();
         out.append(&mut self.ready);
         if self.pool_inflight > 0 {
             let mut done = self.shared.done.lock().unwrap_or_else(|e| e.into_inner());
             self.pool_inflight -= done.len();
             out.append(&mut done);
         }
-        if let Some(ring) = self.ring.as_mut() {
-            self.cqes.extend(ring.completion().map(|c| (c.user_data(), c.result())));
-            let mut cqes = std::mem::take(&mut self.cqes);
-            for (idx, res) in cqes.drain(..) {
-                self.ring_done(idx as usize, res, out);
+        if self.ring.is_some() {
+            self.flush_submissions();
+            // Completions held back for us (COOP_TASKRUN) need a trip into
+            // the kernel, but only when none are visible already: one
+            // syscall per request instead of two.
+            if self.reap(out) == 0 && self.ring_inflight > 0 && self.ring.as_mut().is_some_and(|r| r.submission().taskrun()) {
+                self.enter();
+                self.reap(out);
             }
-            self.cqes = cqes;
+            // Short transfers resubmitted their rest.
             self.flush_submissions();
         }
+        out.len() - before
+    }
+
+    /// Takes the completions visible in the completion ring.
+    fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
+        let Some(ring) = self.ring.as_mut() else { return 0 };
+        let before = out.len();
+        self.cqes.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        let mut cqes = std::mem::take(&mut self.cqes);
+        for (idx, res) in cqes.drain(..) {
+            self.ring_done(idx as usize, res, out);
+        }
+        self.cqes = cqes;
         out.len() - before
     }
 
@@ -294,6 +325,10 @@ impl IoQueue {
                 }
                 // A write that makes no progress would loop forever.
                 ReqOp::Write if moved < left => Err(Errno::EIO),
+                ReqOp::Write => {
+                    s.drv.grown_to(s.offset + moved);
+                    Ok(())
+                }
                 _ => Ok(()),
             }
         };

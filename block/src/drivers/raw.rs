@@ -11,6 +11,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::driver::{AsyncMode, BlockDriver, Errno, IoResult};
 use crate::iov::{advance, zero, IoVec};
@@ -22,6 +23,10 @@ pub struct RawFile {
     path: PathBuf,
     cache: CacheMode,
     alignment: usize,
+    /// The file's size, read at open and kept by our own truncates and
+    /// writes past the end (as QEMU keeps total_sectors): asking the kernel
+    /// on every request cost an lseek per request.
+    size: AtomicU64,
 }
 
 /// The OS error text without Rust's "(os error N)" suffix.
@@ -52,7 +57,8 @@ impl RawFile {
                 err(reason(&e))
             }
         })?;
-        let mut raw = RawFile { file, path: path.to_path_buf(), cache, alignment: 1 };
+        let mut raw = RawFile { file, path: path.to_path_buf(), cache, alignment: 1, size: AtomicU64::new(0) };
+        raw.refresh_size().map_err(|e| err(e.to_string()))?;
         if cache == CacheMode::None {
             raw.alignment = raw.probe_alignment();
         }
@@ -61,6 +67,18 @@ impl RawFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Re-reads the size from the kernel, for a file that someone else
+    /// resized.
+    pub fn refresh_size(&self) -> IoResult<u64> {
+        // SAFETY: lseek on our own descriptor; works for files and devices.
+        let end = unsafe { libc::lseek(self.file.as_raw_fd(), 0, libc::SEEK_END) };
+        if end < 0 {
+            return Err(Errno::last());
+        }
+        self.size.store(end as u64, Ordering::Relaxed);
+        Ok(end as u64)
     }
 
     /// The smallest read size O_DIRECT accepts here, as QEMU probes it:
@@ -126,13 +144,7 @@ impl BlockDriver for RawFile {
     }
 
     fn size(&self) -> IoResult<u64> {
-        // SAFETY: lseek on our own descriptor; works for files and devices.
-        let end = unsafe { libc::lseek(self.file.as_raw_fd(), 0, libc::SEEK_END) };
-        if end < 0 {
-            Err(Errno::last())
-        } else {
-            Ok(end as u64)
-        }
+        Ok(self.size.load(Ordering::Relaxed))
     }
 
     fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
@@ -156,6 +168,7 @@ impl BlockDriver for RawFile {
             libc::pwritev(fd, IoVec::as_iovec_ptr(v), v.len().min(IOV_MAX) as i32, off)
         })?;
         if rest.is_empty() {
+            self.grown_to(offset + IoVec::from_slices(iov).iter().map(|v| v.len() as u64).sum::<u64>());
             Ok(())
         } else {
             // A write that makes no progress would otherwise loop forever.
@@ -200,7 +213,13 @@ impl BlockDriver for RawFile {
     }
 
     fn truncate(&self, size: u64) -> IoResult<()> {
-        self.file.set_len(size).map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))
+        self.file.set_len(size).map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        self.size.store(size, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn grown_to(&self, end: u64) {
+        self.size.fetch_max(end, Ordering::Relaxed);
     }
 
     fn request_alignment(&self) -> usize {
