@@ -51,7 +51,7 @@ report() { # title ours reference
     local o r
     o=$(median <"$samples/$2")
     r=$(median <"$samples/$3")
-    printf '%-58s %10.0f %10.0f %6.2f\n' "$1" "$o" "$r" "$(echo "$o / $r" | bc -l)"
+    awk -v t="$1" -v o="$o" -v r="$r" 'BEGIN { printf "%-58s %10.0f %10.0f %6.2f\n", t, o, r, o / r }'
 }
 
 for case in "${CASES[@]}"; do
