@@ -545,7 +545,7 @@ fn needs_bounce(align: usize, offset: u64, iov: &[IoVec]) -> bool {
     }
     let mut total = 0u64;
     for v in iov {
-        if v.base() as usize % align != 0 || v.len() % align != 0 {
+        if !(v.base() as usize).is_multiple_of(align) || !v.len().is_multiple_of(align) {
             return true;
         }
         total += v.len() as u64;

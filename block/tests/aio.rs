@@ -22,7 +22,7 @@ fn tmp(tag: &str, len: usize, fill: u8) -> PathBuf {
     p
 }
 
-fn backend_on(path: &PathBuf, cache: CacheMode) -> Arc<BlockBackend> {
+fn backend_on(path: &std::path::Path, cache: CacheMode) -> Arc<BlockBackend> {
     let b = Arc::new(BlockBackend::new("d"));
     b.insert_medium(Arc::new(RawFile::open(path, false, cache).unwrap()), "f").unwrap();
     b

@@ -178,7 +178,7 @@ impl IoQueue {
                 let gate = op == ReqOp::Write && drv.request_alignment() > 1;
                 if gate && !self.backend.gate().try_shared() {
                     // An unaligned write holds the file: wait for it on the pool.
-                    return self.to_pool(drv, op, offset, len, iov, token, start);
+                    return self.run_on_pool(drv, Request { op, offset, len, iov, token }, start);
                 }
                 let slot = Slot { token, op, bytes: len, offset, iov, start, fd, drv, gate };
                 let idx = match self.free.pop() {
@@ -194,7 +194,7 @@ impl IoQueue {
                 self.ring_inflight += 1;
                 self.push_sqe(idx);
             }
-            _ => self.to_pool(drv, op, offset, len, iov, token, start),
+            _ => self.run_on_pool(drv, Request { op, offset, len, iov, token }, start),
         }
     }
 
@@ -206,8 +206,8 @@ impl IoQueue {
             && is_aligned(drv.request_alignment(), offset, iov)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn to_pool(&mut self, drv: Arc<dyn BlockDriver>, op: ReqOp, offset: u64, len: u64, iov: Vec<IoVec>, token: u64, start: Instant) {
+    fn run_on_pool(&mut self, drv: Arc<dyn BlockDriver>, req: Request, start: Instant) {
+        let Request { op, offset, len, iov, token } = req;
         let backend = self.backend.clone();
         let shared = self.shared.clone();
         self.pool_inflight += 1;
