@@ -27,7 +27,7 @@ use io_uring::{opcode, types, IoUring};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::backend::{is_aligned, BlockBackend};
-use crate::driver::{AsyncMode, BlockDriver, Errno};
+use crate::driver::{AsyncMode, BlockDriver, Errno, IoResult};
 use crate::iov::{advance, total_len, zero, IoVec};
 use crate::policy::AioEngine;
 use crate::request::{Completion, ReqOp, Request};
@@ -157,29 +157,29 @@ impl IoQueue {
     /// else, until `poll` has returned the request's completion (or the
     /// queue is dropped, which waits for everything in flight).
     pub unsafe fn submit(&mut self, req: Request) {
-        let Request { op, offset, len, iov, token } = req;
-        let drv = match self.backend.prepare(op, offset, len) {
+        let drv = match self.backend.prepare(req.op, req.offset, req.len) {
             Ok(d) => d,
-            Err(e) => return self.ready.push(Completion { token, result: Err(e) }),
+            Err(e) => return self.ready.push(Completion { token: req.token, result: Err(e) }),
         };
         self.backend.request_begin();
         let start = Instant::now();
         let mode = drv.async_mode();
         // A flush that the file drops (cache=unsafe) is as cheap as null's.
-        let inline = mode == AsyncMode::Inline || (op == ReqOp::Flush && matches!(mode, AsyncMode::File { flush: false, .. }));
+        let inline = mode == AsyncMode::Inline || (req.op == ReqOp::Flush && matches!(mode, AsyncMode::File { flush: false, .. }));
         if inline {
-            let r = self.backend.exec(&*drv, op, offset, len, &iov);
+            let r = self.backend.exec(&*drv, req.op, req.offset, req.len, &req.iov);
             self.backend.request_end();
-            let result = self.backend.account(op, len, start, r);
-            return self.ready.push(Completion { token, result });
+            let result = self.backend.account(req.op, req.len, start, r);
+            return self.ready.push(Completion { token: req.token, result });
         }
         match mode {
-            AsyncMode::File { fd, .. } if self.ring_can_take(&*drv, op, offset, &iov) => {
-                let gate = op == ReqOp::Write && drv.request_alignment() > 1;
+            AsyncMode::File { fd, .. } if self.ring_can_take(&*drv, req.op, req.offset, &req.iov) => {
+                let gate = req.op == ReqOp::Write && drv.request_alignment() > 1;
                 if gate && !self.backend.gate().try_shared() {
                     // An unaligned write holds the file: wait for it on the pool.
-                    return self.run_on_pool(drv, Request { op, offset, len, iov, token }, start);
+                    return self.run_on_pool(drv, req, start);
                 }
+                let Request { op, offset, len, iov, token } = req;
                 let slot = Slot { token, op, bytes: len, offset, iov, start, fd, drv, gate };
                 let idx = match self.free.pop() {
                     Some(i) => {
@@ -194,7 +194,7 @@ impl IoQueue {
                 self.ring_inflight += 1;
                 self.push_sqe(idx);
             }
-            _ => self.run_on_pool(drv, Request { op, offset, len, iov, token }, start),
+            _ => self.run_on_pool(drv, req, start),
         }
     }
 
@@ -240,8 +240,14 @@ impl IoQueue {
         while unsafe { ring.submission().push(&entry) }.is_err() {
             // Full: hand what is queued to the kernel to make room.
             if let Err(e) = ring.submit() {
-                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EAGAIN) && e.raw_os_error() != Some(libc::EBUSY) {
-                    break;
+                if ![libc::EINTR, libc::EAGAIN, libc::EBUSY].contains(&e.raw_os_error().unwrap_or(0)) {
+                    // The kernel refuses: the request fails rather than
+                    // vanish (a lost slot would make `wait` hang).
+                    let errno = Errno(e.raw_os_error().unwrap_or(libc::EIO));
+                    let mut ready = std::mem::take(&mut self.ready);
+                    self.finish(idx, Err(errno), &mut ready);
+                    self.ready = ready;
+                    return;
                 }
             }
         }
@@ -332,6 +338,12 @@ impl IoQueue {
                 _ => Ok(()),
             }
         };
+        self.finish(idx, result, out);
+    }
+
+    /// Frees slot `idx` and delivers its completion: releases the gate,
+    /// counts it out of flight, accounts it.
+    fn finish(&mut self, idx: usize, result: IoResult<()>, out: &mut Vec<Completion>) {
         let Some(s) = self.slots[idx].take() else { return };
         self.free.push(idx);
         self.ring_inflight -= 1;

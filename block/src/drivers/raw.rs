@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::driver::{AsyncMode, BlockDriver, Errno, IoResult};
-use crate::iov::{advance, zero, IoVec};
+use crate::iov::{advance, total_len, zero, IoVec};
 use crate::policy::CacheMode;
 use crate::Error;
 
@@ -168,7 +168,7 @@ impl BlockDriver for RawFile {
             libc::pwritev(fd, IoVec::as_iovec_ptr(v), v.len().min(IOV_MAX) as i32, off)
         })?;
         if rest.is_empty() {
-            self.grown_to(offset + IoVec::from_slices(iov).iter().map(|v| v.len() as u64).sum::<u64>());
+            self.grown_to(offset + total_len(IoVec::from_slices(iov)));
             Ok(())
         } else {
             // A write that makes no progress would otherwise loop forever.
