@@ -4,6 +4,7 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice};
 
@@ -17,6 +18,10 @@ pub enum Error {
     EmptyRange(u64),
     #[error("eventfd: {0}")]
     EventFd(#[source] std::io::Error),
+    #[error("virtio queue: {0}")]
+    Queue(String),
+    #[error("drive '{0}': {1}")]
+    Block(String, String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,279 @@
+//! The I/O thread of one virtio-blk device: takes chains from the ring,
+//! submits them to the block layer, puts completions in the used ring and
+//! interrupts the guest once per batch (or not at all, when EVENT_IDX says
+//! the driver does not want it yet).
+//!
+//! Every request lives in exactly one place at a time: the `slots` table
+//! from submission until its completion is written; while a stop policy
+//! holds it, its slot index sits in `retry` instead of in the IoQueue. A
+//! slot is emptied by `take()` before the used ring sees it, so a request
+//! cannot complete twice.
+
+use std::num::Wrapping;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ::block::{Completion, ErrorAction, Errno, IoQueue, Request};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::Bytes;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::request::{self, Head, Limits, Parsed};
+use super::Shared;
+use crate::virtio::{Activation, GuestMemory, Interrupt};
+
+struct InFlight {
+    head: Head,
+    req: Request,
+    /// Submission order, which the retry list keeps.
+    seq: u64,
+}
+
+pub(super) struct Worker {
+    mem: GuestMemory,
+    queue: Queue,
+    notify: EventFd,
+    interrupt: Arc<Interrupt>,
+    ioq: IoQueue,
+    shared: Arc<Shared>,
+    serial: Vec<u8>,
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    /// Slots held by a stop policy, in submission order.
+    retry: Vec<usize>,
+    next_seq: u64,
+    done: Vec<Completion>,
+    used_added: bool,
+    /// The driver broke the ring: nothing more is taken until a reset.
+    broken: bool,
+}
+
+const NOTIFY: u64 = 0;
+const COMPLETIONS: u64 = 1;
+const KICK: u64 = 2;
+
+impl Worker {
+    pub(super) fn new(mut a: Activation, ioq: IoQueue, shared: Arc<Shared>, serial: Vec<u8>) -> std::io::Result<Self> {
+        let queue = a.queues.pop().ok_or_else(|| std::io::Error::other("no queue"))?;
+        let notify = a.notify.pop().ok_or_else(|| std::io::Error::other("no notify eventfd"))?;
+        Ok(Worker {
+            mem: a.mem,
+            queue,
+            notify,
+            interrupt: a.interrupt,
+            ioq,
+            shared,
+            serial,
+            slots: Vec::new(),
+            free: Vec::new(),
+            retry: Vec::new(),
+            next_seq: 0,
+            done: Vec::new(),
+            used_added: false,
+            broken: false,
+        })
+    }
+
+    pub(super) fn run(mut self) {
+        let epoll = match self.epoll() {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("virtio-blk: I/O thread cannot wait for events: {e}");
+                self.interrupt.set_needs_reset();
+                return;
+            }
+        };
+        let mut events = [EpollEvent::default(); 4];
+        while !self.shared.stop.load(Ordering::SeqCst) {
+            self.step();
+            match epoll.wait(-1, &mut events) {
+                Ok(n) => {
+                    for ev in &events[..n] {
+                        match ev.data() {
+                            NOTIFY => drop(self.notify.read()),
+                            KICK => drop(self.shared.kick.read()),
+                            _ => {}
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    eprintln!("virtio-blk: epoll: {e}");
+                    break;
+                }
+            }
+        }
+        // Reset or shutdown: wait until nothing in flight can write guest
+        // memory, and answer nothing (the driver has forgotten the ring).
+        self.done.clear();
+        self.ioq.drain(&mut self.done);
+        self.shared.held.store(0, Ordering::SeqCst);
+    }
+
+    fn epoll(&self) -> std::io::Result<Epoll> {
+        let epoll = Epoll::new()?;
+        for (fd, token) in [
+            (self.notify.as_raw_fd(), NOTIFY),
+            (self.ioq.eventfd(), COMPLETIONS),
+            (self.shared.kick.as_raw_fd(), KICK),
+        ] {
+            epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))?;
+        }
+        Ok(epoll)
+    }
+
+    /// One pass: completions, a pending resume, new requests, completions
+    /// again (the null driver and refusals complete at submission), and at
+    /// most one interrupt.
+    pub(super) fn step(&mut self) {
+        self.complete_ready();
+        if self.shared.resume.swap(false, Ordering::SeqCst) {
+            self.resubmit_held();
+        }
+        if self.may_take_requests() {
+            self.take_requests();
+        }
+        self.complete_ready();
+        self.interrupt_if_needed();
+    }
+
+    fn may_take_requests(&self) -> bool {
+        !self.broken && self.retry.is_empty() && !self.shared.quiesced.load(Ordering::SeqCst)
+    }
+
+    fn take_requests(&mut self) {
+        loop {
+            // With EVENT_IDX this tells the driver not to notify while we
+            // are busy; without it, it sets VRING_USED_F_NO_NOTIFY.
+            let _ = self.queue.disable_notification(&self.mem);
+            if !self.avail_index_sane() {
+                self.break_device();
+                return;
+            }
+            while self.may_take_requests() {
+                let mem = self.mem.clone();
+                let Some(chain) = self.queue.pop_descriptor_chain(&mem) else { break };
+                self.handle(chain);
+            }
+            self.ioq.flush_submissions();
+            if !self.may_take_requests() {
+                return;
+            }
+            match self.queue.enable_notification(&self.mem) {
+                // More arrived while notifications were off.
+                Ok(true) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// The driver can only be ahead by at most a ring's worth of entries.
+    fn avail_index_sane(&self) -> bool {
+        match self.queue.avail_idx(&self.mem, Ordering::Acquire) {
+            Ok(idx) => (idx - Wrapping(self.queue.next_avail())).0 <= self.queue.size(),
+            Err(_) => false,
+        }
+    }
+
+    fn break_device(&mut self) {
+        self.broken = true;
+        self.interrupt.set_needs_reset();
+    }
+
+    fn handle(&mut self, chain: virtio_queue::DescriptorChain<&GuestMemory>) {
+        let limits = Limits {
+            capacity: self.shared.capacity.load(Ordering::SeqCst),
+            read_only: self.ioq.backend().is_read_only(),
+            serial: &self.serial,
+        };
+        match request::parse(&self.mem, chain, &limits) {
+            Err(request::Broken) => self.break_device(),
+            Ok((head, Parsed::Done(status))) => self.complete(head, status),
+            Ok((head, Parsed::Io { op, offset, len, iov })) => {
+                let slot = self.free.pop().unwrap_or_else(|| {
+                    self.slots.push(None);
+                    self.slots.len() - 1
+                });
+                let req = Request { op, offset, len, iov, token: slot as u64 };
+                self.submit(&req);
+                self.slots[slot] = Some(InFlight { head, req, seq: self.next_seq });
+                self.next_seq += 1;
+            }
+        }
+    }
+
+    fn submit(&mut self, req: &Request) {
+        // SAFETY: the buffers are guest RAM (checked by `parse`), which
+        // outlives this thread; the driver does not touch a buffer it has
+        // made available until it is in the used ring, and a device reset
+        // drains the queue before returning.
+        unsafe { self.ioq.submit(req.clone()) };
+    }
+
+    fn complete_ready(&mut self) {
+        self.ioq.poll(&mut self.done);
+        let done = std::mem::take(&mut self.done);
+        for c in &done {
+            self.finish(c.token as usize, c.result);
+        }
+        self.done = done;
+        self.done.clear();
+    }
+
+    fn finish(&mut self, slot: usize, result: Result<(), Errno>) {
+        let Some(f) = self.slots.get_mut(slot).and_then(Option::take) else { return };
+        let status = match result {
+            Ok(()) => VIRTIO_BLK_S_OK,
+            Err(errno) => match self.ioq.backend().handle_error(f.req.op.is_read(), errno) {
+                ErrorAction::Ignore => VIRTIO_BLK_S_OK,
+                ErrorAction::Report if errno == Errno::ENOTSUP => VIRTIO_BLK_S_UNSUPP,
+                ErrorAction::Report => VIRTIO_BLK_S_IOERR,
+                ErrorAction::Stop => {
+                    // Held: back in its slot, and in the retry list in
+                    // submission order.
+                    let seq = f.seq;
+                    self.slots[slot] = Some(f);
+                    let at = self.retry.partition_point(|&s| self.slots[s].as_ref().is_some_and(|x| x.seq < seq));
+                    self.retry.insert(at, slot);
+                    self.shared.held.store(self.retry.len(), Ordering::SeqCst);
+                    return;
+                }
+            },
+        };
+        self.complete(f.head, status as u8);
+        self.free.push(slot);
+    }
+
+    fn resubmit_held(&mut self) {
+        let held = std::mem::take(&mut self.retry);
+        self.shared.held.store(0, Ordering::SeqCst);
+        for slot in held {
+            if let Some(req) = self.slots[slot].as_ref().map(|f| f.req.clone()) {
+                self.submit(&req);
+            }
+        }
+        self.ioq.flush_submissions();
+    }
+
+    fn complete(&mut self, head: Head, status: u8) {
+        // Both addresses were checked against guest RAM; a failure here
+        // would be a driver racing its own ring, and changes nothing for us.
+        let _ = self.mem.write_obj(status, head.status);
+        if self.queue.add_used(&self.mem, head.index, head.used_len).is_ok() {
+            self.used_added = true;
+        }
+    }
+
+    fn interrupt_if_needed(&mut self) {
+        if !self.used_added {
+            return;
+        }
+        self.used_added = false;
+        if self.queue.needs_notification(&self.mem).unwrap_or(true) {
+            self.interrupt.signal_used();
+        }
+    }
+}
