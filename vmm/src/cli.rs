@@ -53,6 +53,11 @@ pub struct Cli {
     #[arg(long, value_name = "stdio|file:PATH|none", default_value = "stdio")]
     pub serial: String,
 
+    /// At exit, print each drive's I/O statistics (QEMU's blockstats
+    /// counters) to stderr, one line per drive.
+    #[arg(long)]
+    pub print_blockstats: bool,
+
     /// Start with the vCPUs stopped, for the control socket to resume.
     #[arg(long)]
     pub paused: bool,

@@ -92,6 +92,7 @@ pub struct VmConfig {
     pub qmp: Option<PathBuf>,
     pub serial: SerialOutput,
     pub paused: bool,
+    pub print_blockstats: bool,
 }
 
 impl VmConfig {
@@ -115,6 +116,7 @@ impl VmConfig {
             qmp: cli.qmp.clone(),
             serial: parse_serial(&cli.serial)?,
             paused: cli.paused,
+            print_blockstats: cli.print_blockstats,
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod disks;
 pub mod exit;
 pub mod machine;
 pub mod vcpu;
@@ -38,6 +39,8 @@ pub enum Error {
     Device(#[from] devices::Error),
     #[error("--serial file:{0}: {1}")]
     SerialFile(PathBuf, std::io::Error),
+    #[error("drive '{0}': {1}")]
+    Drive(String, String),
     #[error("{0}: {1}")]
     Io(&'static str, std::io::Error),
     #[error("event loop: {0}")]

@@ -8,7 +8,10 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+
+use block::{BlockBackend, BlockEvent, ErrorAction};
 
 use devices::legacy::{AcpiPower, EventFdTrigger, Serial, I8042};
 use devices::Bus;
@@ -23,7 +26,7 @@ use crate::config::{SerialOutput, VmConfig};
 use crate::console::{self, Escape, Input, RawStdout, RawTerminal};
 use crate::exit::{ExitReason, Shutdown};
 use crate::vcpu::{self, Vcpu, VcpuControl};
-use crate::{acpi, boot, Error, Result};
+use crate::{acpi, boot, disks, Error, Result};
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |e| Error::Kvm(what, e)
@@ -107,9 +110,29 @@ struct Controller {
     escape: Escape,
     /// Keyboard input the UART's FIFO had no room for yet.
     pending: Vec<u8>,
+    /// Block-layer events (I/O errors), readable when `block_evt` is.
+    block_evt: EventFd,
+    block_rx: mpsc::Receiver<BlockEvent>,
+    vcpus: Vec<JoinHandle<()>>,
+    control: Arc<VcpuControl>,
 }
 
 impl Controller {
+    /// QEMU's BLOCK_IO_ERROR: said on stderr; with action stop the VM
+    /// pauses in the io-error state until resumed (QMP `cont`).
+    fn block_events(&mut self) {
+        let _ = self.block_evt.read();
+        while let Ok(ev) = self.block_rx.try_recv() {
+            if let BlockEvent::IoError { device, operation, action, reason, .. } = ev {
+                eprintln!("vmm: drive '{device}': {operation} error ({reason}), action {action:?}");
+                if action == ErrorAction::Stop && !self.control.is_paused() {
+                    self.control.pause(&self.vcpus);
+                    eprintln!("vmm: VM paused (io-error)");
+                }
+            }
+        }
+    }
+
     fn feed_serial(&mut self) {
         if self.pending.is_empty() {
             return;
@@ -148,6 +171,7 @@ impl MutEventSubscriber for Controller {
             self.poweroff.as_raw_fd(),
             self.reset.as_raw_fd(),
             self.shutdown.evt.as_raw_fd(),
+            self.block_evt.as_raw_fd(),
         ];
         for fd in watched {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
@@ -182,6 +206,8 @@ impl MutEventSubscriber for Controller {
             self.shutdown.request(ExitReason::Reset);
         } else if fd == self.shutdown.evt.as_raw_fd() {
             let _ = self.shutdown.evt.read();
+        } else if fd == self.block_evt.as_raw_fd() {
+            self.block_events();
         } else if Some(fd) == self.stdin {
             self.read_stdin(fd, ops);
         }
@@ -192,8 +218,9 @@ impl MutEventSubscriber for Controller {
 pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     let serial_out = serial_output(&cfg.serial)?;
     // Say so rather than silently dropping what the user asked for.
-    if !cfg.drives.is_empty() {
-        eprintln!("vmm: note: {} drive(s) checked, but block devices are not implemented yet", cfg.drives.len());
+    let ide = cfg.drives.iter().filter(|d| d.interface == crate::config::Interface::Ide).count();
+    if ide > 0 {
+        eprintln!("vmm: note: {ide} IDE drive(s) checked, but the IDE controller is not implemented yet");
     }
     if let Some(p) = &cfg.qmp {
         eprintln!("vmm: note: the control socket is not implemented yet; '{}' is not created", p.display());
@@ -230,10 +257,27 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
         u64::from(ACPI_PM_LEN),
     )?;
     let pio = Arc::new(pio);
-    let mmio = Arc::new(Bus::new());
+    let disks = disks::create_virtio_disks(&vm, &mem, &cfg.drives)?;
+    let mut mmio = Bus::new();
+    for d in &disks {
+        mmio.insert(d.transport.clone(), d.desc.base, u64::from(d.desc.len))?;
+    }
+    let mmio = Arc::new(mmio);
+    let backends: Vec<Arc<BlockBackend>> = disks.iter().map(|d| d.handle.backend().clone()).collect();
+    let block_evt = evt()?;
+    let (block_tx, block_rx) = mpsc::channel();
+    for b in &backends {
+        let tx = Mutex::new(block_tx.clone());
+        let wake = block_evt.try_clone().map_err(|e| Error::Io("eventfd", e))?;
+        b.set_event_sink(Some(Box::new(move |ev| {
+            let _ = devices::bus::lock(&tx).send(ev);
+            let _ = wake.write(1);
+        })));
+    }
 
     // Guest memory contents and boot state.
-    acpi::create_tables(&mem, cfg.cpus, &[])?;
+    let descs: Vec<acpi::VirtioMmioDesc> = disks.iter().map(|d| d.desc).collect();
+    acpi::create_tables(&mem, cfg.cpus, &descs)?;
     let entry = boot::load_linux(&mem, cfg.memory, &cfg.kernel, &cfg.kernel_format, cfg.initrd.as_deref(), &cfg.cmdline)?;
 
     let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -274,7 +318,7 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     }
 
     let result = match spawn_error {
-        Some(e) => Err(e),
+        Some(e) => Err((e, threads)),
         None => event_loop(Controller {
             shutdown: shutdown.clone(),
             signals,
@@ -284,24 +328,57 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
             stdin: (cfg.serial == SerialOutput::Stdio).then_some(0),
             escape: Escape::new(interactive),
             pending: Vec::new(),
+            block_evt,
+            block_rx,
+            vcpus: threads,
+            control: control.clone(),
         }),
+    };
+    let threads = match result {
+        Ok(threads) => threads,
+        Err((e, threads)) => {
+            control.stop_and_join(threads);
+            drop(terminal);
+            return Err(e);
+        }
     };
     control.stop_and_join(threads);
     drop(terminal);
-    result?;
+    // The vCPUs are gone: stop the disks' I/O threads (each waits for its
+    // requests in flight), then flush what the host still caches, as QEMU
+    // does at exit.
+    drop(mmio);
+    drop(disks);
+    for b in &backends {
+        // The guest's own counters, before the flush below adds one.
+        if cfg.print_blockstats {
+            eprintln!("{}", disks::stats_line(b));
+        }
+        if let Err(e) = b.flush() {
+            eprintln!("vmm: drive '{}': flush at exit failed: {e}", b.name());
+        }
+    }
     Ok(shutdown.reason().unwrap_or(ExitReason::Quit))
 }
 
-fn event_loop(controller: Controller) -> Result<()> {
+/// Runs until a shutdown reason is set; hands back the vCPU threads (which
+/// the controller needs for pausing) for the caller to stop and join.
+fn event_loop(controller: Controller) -> std::result::Result<Vec<JoinHandle<()>>, (Error, Vec<JoinHandle<()>>)> {
     let shutdown = controller.shutdown.clone();
     let controller = Arc::new(Mutex::new(controller));
-    let mut em = EventManager::<Arc<Mutex<Controller>>>::new().map_err(Error::EventManager)?;
+    let take = |c: &Arc<Mutex<Controller>>| std::mem::take(&mut devices::bus::lock(c).vcpus);
+    let mut em = match EventManager::<Arc<Mutex<Controller>>>::new() {
+        Ok(em) => em,
+        Err(e) => return Err((Error::EventManager(e), take(&controller))),
+    };
     em.add_subscriber(controller.clone());
     while shutdown.reason().is_none() {
         // Poll while keyboard input waits for FIFO room, block otherwise.
         let timeout = if devices::bus::lock(&controller).pending.is_empty() { -1 } else { 10 };
-        em.run_with_timeout(timeout).map_err(Error::EventManager)?;
+        if let Err(e) = em.run_with_timeout(timeout) {
+            return Err((Error::EventManager(e), take(&controller)));
+        }
         devices::bus::lock(&controller).feed_serial();
     }
-    Ok(())
+    Ok(take(&controller))
 }

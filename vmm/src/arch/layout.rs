@@ -37,6 +37,9 @@ pub const FOUR_GIB: u64 = 1 << 32;
 /// virtio-mmio device slots (one 4 KiB page each), used by later devices.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
 pub const VIRTIO_MMIO_SLOT: u64 = 0x1000;
+/// virtio-mmio slot i raises IOAPIC pin 16 + i: above the ISA IRQs, so no
+/// legacy device can collide, and within the IOAPIC's 24 pins for 8 disks.
+pub const VIRTIO_GSI_BASE: u32 = 16;
 
 pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
 pub const LAPIC_ADDR: u64 = 0xfee0_0000;
