@@ -317,8 +317,8 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
         }
     }
 
-    let result = match spawn_error {
-        Some(e) => Err((e, threads)),
+    let (result, threads) = match spawn_error {
+        Some(e) => (Err(e), threads),
         None => event_loop(Controller {
             shutdown: shutdown.clone(),
             signals,
@@ -333,14 +333,6 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
             vcpus: threads,
             control: control.clone(),
         }),
-    };
-    let threads = match result {
-        Ok(threads) => threads,
-        Err((e, threads)) => {
-            control.stop_and_join(threads);
-            drop(terminal);
-            return Err(e);
-        }
     };
     control.stop_and_join(threads);
     drop(terminal);
@@ -358,27 +350,26 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
             eprintln!("vmm: drive '{}': flush at exit failed: {e}", b.name());
         }
     }
+    result?;
     Ok(shutdown.reason().unwrap_or(ExitReason::Quit))
 }
 
 /// Runs until a shutdown reason is set; hands back the vCPU threads (which
 /// the controller needs for pausing) for the caller to stop and join.
-fn event_loop(controller: Controller) -> std::result::Result<Vec<JoinHandle<()>>, (Error, Vec<JoinHandle<()>>)> {
+fn event_loop(controller: Controller) -> (Result<()>, Vec<JoinHandle<()>>) {
     let shutdown = controller.shutdown.clone();
     let controller = Arc::new(Mutex::new(controller));
-    let take = |c: &Arc<Mutex<Controller>>| std::mem::take(&mut devices::bus::lock(c).vcpus);
-    let mut em = match EventManager::<Arc<Mutex<Controller>>>::new() {
-        Ok(em) => em,
-        Err(e) => return Err((Error::EventManager(e), take(&controller))),
-    };
-    em.add_subscriber(controller.clone());
-    while shutdown.reason().is_none() {
-        // Poll while keyboard input waits for FIFO room, block otherwise.
-        let timeout = if devices::bus::lock(&controller).pending.is_empty() { -1 } else { 10 };
-        if let Err(e) = em.run_with_timeout(timeout) {
-            return Err((Error::EventManager(e), take(&controller)));
+    let result = (|| {
+        let mut em = EventManager::<Arc<Mutex<Controller>>>::new().map_err(Error::EventManager)?;
+        em.add_subscriber(controller.clone());
+        while shutdown.reason().is_none() {
+            // Poll while keyboard input waits for FIFO room, block otherwise.
+            let timeout = if devices::bus::lock(&controller).pending.is_empty() { -1 } else { 10 };
+            em.run_with_timeout(timeout).map_err(Error::EventManager)?;
+            devices::bus::lock(&controller).feed_serial();
         }
-        devices::bus::lock(&controller).feed_serial();
-    }
-    Ok(take(&controller))
+        Ok(())
+    })();
+    let threads = std::mem::take(&mut devices::bus::lock(&controller).vcpus);
+    (result, threads)
 }

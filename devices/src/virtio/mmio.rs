@@ -255,7 +255,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         // Registers are 32-bit only; anything else reads as zero.
-        if data.len() != 4 || offset % 4 != 0 {
+        if data.len() != 4 || !offset.is_multiple_of(4) {
             data.fill(0);
             return;
         }
@@ -273,7 +273,7 @@ impl BusDevice for MmioTransport {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else { return };
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return;
         }
         self.write_reg(offset as u32, u32::from_le_bytes(bytes));

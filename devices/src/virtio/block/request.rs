@@ -205,7 +205,7 @@ where
             let offset = sector.checked_mul(SECTOR);
             match offset {
                 _ if op == ReqOp::Write && limits.read_only => ioerr(),
-                Some(offset) if len % SECTOR == 0 && in_range(offset, len) => match host_iov(mem, data) {
+                Some(offset) if len.is_multiple_of(SECTOR) && in_range(offset, len) => match host_iov(mem, data) {
                     Some(iov) => Parsed::Io { op, offset, len, iov },
                     None => ioerr(),
                 },

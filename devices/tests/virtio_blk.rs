@@ -1,0 +1,684 @@
+//! virtio-blk driven the way a guest driver drives it, without a guest: a
+//! test "driver" programs the virtio-mmio registers, lays out a split
+//! virtqueue in test memory and reads the used ring, while the device's own
+//! I/O thread does the work.
+
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use block::drivers::inject::{Count, InjectDriver, Op, Rule};
+use block::drivers::raw::RawFile;
+use block::{AioEngine, AsyncMode, BlockBackend, BlockDriver, BlockEvent, CacheMode, ErrorAction, IoResult, OnError};
+use devices::virtio::block::{Block, BlockHandle, QUEUE_SIZE};
+use devices::virtio::mmio::MmioTransport;
+use devices::BusDevice;
+use virtio_bindings::virtio_blk::*;
+use virtio_bindings::virtio_config::*;
+use virtio_bindings::virtio_mmio::*;
+use virtio_bindings::virtio_ring::*;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+const DESC: u64 = 0x1_0000;
+const AVAIL: u64 = 0x2_0000;
+const USED: u64 = 0x3_0000;
+const DATA: u64 = 0x10_0000;
+const MEM_SIZE: usize = 32 << 20;
+const DISK: u64 = 1 << 20;
+const WAIT: Duration = Duration::from_secs(10);
+
+const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
+const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
+
+/// A request as laid out in guest memory.
+#[derive(Clone, Copy)]
+struct Req {
+    head: u16,
+    status: u64,
+    data: u64,
+}
+
+/// The test's side of the device: registers, rings, buffers.
+struct Driver {
+    mem: GuestMemoryMmap,
+    t: MmioTransport,
+    irq: EventFd,
+    handle: BlockHandle,
+    next_desc: u16,
+    avail_idx: u16,
+    data_next: u64,
+}
+
+impl Driver {
+    fn new(backend: Arc<BlockBackend>, serial: Option<&str>) -> Driver {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        let block = Block::new(backend, AioEngine::IoUring, serial).unwrap();
+        let handle = block.handle();
+        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
+        let t = MmioTransport::new(Box::new(block), mem.clone(), irq.try_clone().unwrap()).unwrap();
+        Driver { mem, t, irq, handle, next_desc: 0, avail_idx: 0, data_next: DATA }
+    }
+
+    fn r(&mut self, off: u32) -> u32 {
+        let mut d = [0u8; 4];
+        self.t.read(u64::from(off), &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn w(&mut self, off: u32, v: u32) {
+        self.t.write(u64::from(off), &v.to_le_bytes());
+    }
+
+    fn features(&mut self) -> u64 {
+        self.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
+        let lo = self.r(VIRTIO_MMIO_DEVICE_FEATURES);
+        self.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
+        let hi = self.r(VIRTIO_MMIO_DEVICE_FEATURES);
+        (u64::from(hi) << 32) | u64::from(lo)
+    }
+
+    /// Linux's virtio_mmio probe and virtio_blk setup, accepting the offered
+    /// features except those in `refuse`.
+    fn init(&mut self, refuse: u64) {
+        self.w(VIRTIO_MMIO_STATUS, 0);
+        self.mem.write_slice(&[0u8; 0x3_0000], GuestAddress(DESC)).unwrap();
+        self.next_desc = 0;
+        self.avail_idx = 0;
+        assert_eq!(self.r(VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
+        assert_eq!(self.r(VIRTIO_MMIO_VERSION), 2);
+        assert_eq!(self.r(VIRTIO_MMIO_DEVICE_ID), 2);
+        self.w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        self.w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+        let f = self.features() & !refuse;
+        self.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        self.w(VIRTIO_MMIO_DRIVER_FEATURES, f as u32);
+        self.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        self.w(VIRTIO_MMIO_DRIVER_FEATURES, (f >> 32) as u32);
+        let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
+        self.w(VIRTIO_MMIO_STATUS, s);
+        assert_ne!(self.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK, 0, "features refused");
+        self.w(VIRTIO_MMIO_QUEUE_SEL, 0);
+        assert_eq!(self.r(VIRTIO_MMIO_QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
+        self.w(VIRTIO_MMIO_QUEUE_NUM, u32::from(QUEUE_SIZE));
+        self.w(VIRTIO_MMIO_QUEUE_DESC_LOW, DESC as u32);
+        self.w(VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
+        self.w(VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL as u32);
+        self.w(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
+        self.w(VIRTIO_MMIO_QUEUE_USED_LOW, USED as u32);
+        self.w(VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
+        self.w(VIRTIO_MMIO_QUEUE_READY, 1);
+        self.w(VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
+        assert_eq!(self.r(VIRTIO_MMIO_STATUS), s | VIRTIO_CONFIG_S_DRIVER_OK);
+    }
+
+    fn alloc(&mut self, len: u64) -> u64 {
+        let a = self.data_next;
+        self.data_next += (len + 15) & !15;
+        assert!(self.data_next < MEM_SIZE as u64, "test ran out of buffer space");
+        a
+    }
+
+    fn put_desc(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = DESC + u64::from(idx) * 16;
+        self.mem.write_obj(addr, GuestAddress(at)).unwrap();
+        self.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+        self.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+        self.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+    }
+
+    /// Writes a chain of (addr, len, device-writable) descriptors; returns
+    /// the head index.
+    fn chain(&mut self, descs: &[(u64, u32, bool)]) -> u16 {
+        let head = self.next_desc;
+        for (i, &(addr, len, write)) in descs.iter().enumerate() {
+            let idx = (head + i as u16) % QUEUE_SIZE;
+            let last = i + 1 == descs.len();
+            let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            if !last {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            self.put_desc(idx, addr, len, flags, (idx + 1) % QUEUE_SIZE);
+        }
+        self.next_desc = (head + descs.len() as u16) % QUEUE_SIZE;
+        head
+    }
+
+    fn publish(&mut self, head: u16) {
+        let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QUEUE_SIZE);
+        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        self.mem.write_obj(self.avail_idx, GuestAddress(AVAIL + 2)).unwrap();
+    }
+
+    fn notify(&mut self) {
+        self.w(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+    }
+
+    /// Header, optional out data, optional in buffer, status: Linux's shape.
+    fn request(&mut self, ty: u32, sector: u64, out: &[u8], in_len: u32) -> Req {
+        let hdr = self.alloc(16);
+        self.mem.write_obj(ty, GuestAddress(hdr)).unwrap();
+        self.mem.write_obj(0u32, GuestAddress(hdr + 4)).unwrap();
+        self.mem.write_obj(sector, GuestAddress(hdr + 8)).unwrap();
+        let mut descs = vec![(hdr, 16, false)];
+        let mut data = 0;
+        if !out.is_empty() {
+            data = self.alloc(out.len() as u64);
+            self.mem.write_slice(out, GuestAddress(data)).unwrap();
+            descs.push((data, out.len() as u32, false));
+        }
+        if in_len > 0 {
+            data = self.alloc(u64::from(in_len));
+            self.mem.write_slice(&vec![0xeeu8; in_len as usize], GuestAddress(data)).unwrap();
+            descs.push((data, in_len, true));
+        }
+        let status = self.alloc(1);
+        self.mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
+        descs.push((status, 1, true));
+        let head = self.chain(&descs);
+        self.publish(head);
+        Req { head, status, data }
+    }
+
+    fn used_idx(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
+    }
+
+    fn used(&self, i: u16) -> (u32, u32) {
+        let at = USED + 4 + 8 * u64::from(i % QUEUE_SIZE);
+        (self.mem.read_obj(GuestAddress(at)).unwrap(), self.mem.read_obj(GuestAddress(at + 4)).unwrap())
+    }
+
+    /// Waits (on the interrupt eventfd, with a deadline) until the used
+    /// ring holds `n` entries in total.
+    fn wait_used(&self, n: u16) {
+        let deadline = Instant::now() + WAIT;
+        while self.used_idx() != n {
+            assert!(Instant::now() < deadline, "used idx stuck at {} (want {n})", self.used_idx());
+            let mut p = libc::pollfd { fd: self.irq.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut p, 1, 10) };
+        }
+    }
+
+    /// Waits until the device status says NEEDS_RESET.
+    fn wait_needs_reset(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        while self.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET == 0 {
+            assert!(Instant::now() < deadline, "device never asked for a reset");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn status(&self, r: Req) -> u8 {
+        self.mem.read_obj(GuestAddress(r.status)).unwrap()
+    }
+
+    fn data(&self, r: Req, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.mem.read_slice(&mut v, GuestAddress(r.data)).unwrap();
+        v
+    }
+
+    fn config(&mut self, off: u32, len: usize) -> u64 {
+        let mut d = [0u8; 8];
+        self.t.read(u64::from(VIRTIO_MMIO_CONFIG + off), &mut d[..len]);
+        u64::from_le_bytes(d)
+    }
+
+    fn check_alive_after_reset(&mut self) {
+        self.init(0);
+        assert_eq!(self.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+        self.check_alive();
+    }
+
+    /// A read that must succeed: the device works (again).
+    fn check_alive(&mut self) {
+        let r = self.request(VIRTIO_BLK_T_IN, 0, &[], 512);
+        self.notify();
+        self.wait_used(self.avail_idx);
+        assert_eq!(self.status(r), S_OK);
+    }
+}
+
+fn image(tag: &str, len: u64) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("vblk-{}-{tag}", std::process::id()));
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len(len).unwrap();
+    p
+}
+
+fn file_backend(tag: &str, read_only: bool) -> (Arc<BlockBackend>, std::path::PathBuf) {
+    let p = image(tag, DISK);
+    let b = Arc::new(BlockBackend::new(tag));
+    b.set_read_only(read_only);
+    b.insert_medium(Arc::new(RawFile::open(&p, read_only, CacheMode::Writeback).unwrap()), "img").unwrap();
+    (b, p)
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+#[test]
+fn every_request_type() {
+    let (b, path) = file_backend("types", false);
+    let mut d = Driver::new(b.clone(), Some("serial-123"));
+    let f = d.features();
+    for bit in [VIRTIO_F_VERSION_1, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_RING_F_EVENT_IDX] {
+        assert_ne!(f & (1 << bit), 0, "feature {bit} not offered");
+    }
+    assert_eq!(f & (1 << VIRTIO_BLK_F_RO), 0);
+    assert_eq!(d.config(0, 8), DISK / 512, "capacity in sectors");
+    assert_eq!(d.config(20, 4), 512, "blk_size");
+    d.init(0);
+
+    let data = pattern(7, 8192);
+    let w = d.request(VIRTIO_BLK_T_OUT, 8, &data, 0);
+    let fl = d.request(VIRTIO_BLK_T_FLUSH, 0, &[], 0);
+    d.notify();
+    d.wait_used(2);
+    assert_eq!((d.status(w), d.status(fl)), (S_OK, S_OK));
+    let r = d.request(VIRTIO_BLK_T_IN, 8, &[], 8192);
+    let id = d.request(VIRTIO_BLK_T_GET_ID, 0, &[], 20);
+    d.notify();
+    d.wait_used(4);
+    assert_eq!(d.status(r), S_OK);
+    assert_eq!(d.data(r, 8192), data);
+    assert_eq!(d.status(id), S_OK);
+    assert_eq!(&d.data(id, 20)[..12], b"serial-123\0\0");
+    // The used length covers the writable bytes: data plus status.
+    let lens: Vec<(u32, u32)> = (0..4).map(|i| d.used(i)).collect();
+    assert!(lens.contains(&(u32::from(r.head), 8193)), "{lens:?}");
+    // The host image holds it.
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(&file[4096..4096 + 8192], &data[..]);
+
+    // Write-zeroes with UNMAP and discard, one segment each.
+    let seg = |sector: u64, n: u32, flags: u32| {
+        let mut s = sector.to_le_bytes().to_vec();
+        s.extend_from_slice(&n.to_le_bytes());
+        s.extend_from_slice(&flags.to_le_bytes());
+        s
+    };
+    let wz = d.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, &seg(8, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP), 0);
+    let dc = d.request(VIRTIO_BLK_T_DISCARD, 0, &seg(16, 8, 0), 0);
+    let dc_unmap = d.request(VIRTIO_BLK_T_DISCARD, 0, &seg(16, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP), 0);
+    d.notify();
+    d.wait_used(7);
+    assert_eq!((d.status(wz), d.status(dc), d.status(dc_unmap)), (S_OK, S_OK, S_UNSUPP));
+    let file = std::fs::read(&path).unwrap();
+    assert!(file[4096..8192].iter().all(|&x| x == 0), "write-zeroes left data");
+
+    // Unknown type, out of range, unaligned length.
+    let unk = d.request(42, 0, &[], 512);
+    let past = d.request(VIRTIO_BLK_T_IN, DISK / 512, &[], 512);
+    let wrap = d.request(VIRTIO_BLK_T_IN, u64::MAX / 256, &[], 512);
+    let odd = d.request(VIRTIO_BLK_T_OUT, 0, &[1u8; 100], 0);
+    d.notify();
+    d.wait_used(11);
+    assert_eq!([d.status(unk), d.status(past), d.status(wrap), d.status(odd)], [S_UNSUPP, S_IOERR, S_IOERR, S_IOERR]);
+
+    use block::stats::OpKind;
+    assert_eq!(b.stats().get(OpKind::Flush).ops, 1);
+    assert_eq!(b.stats().get(OpKind::Discard).ops, 1);
+    assert_eq!(b.stats().get(OpKind::Write).ops, 2, "write and write-zeroes");
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn read_only_disk_refuses_writes() {
+    let (b, path) = file_backend("ro", true);
+    let mut d = Driver::new(b, None);
+    assert_ne!(d.features() & (1 << VIRTIO_BLK_F_RO), 0);
+    d.init(0);
+    let w = d.request(VIRTIO_BLK_T_OUT, 0, &[1u8; 512], 0);
+    let id = d.request(VIRTIO_BLK_T_GET_ID, 0, &[], 20);
+    d.notify();
+    d.wait_used(2);
+    assert_eq!(d.status(w), S_IOERR);
+    assert_eq!(d.data(id, 20), vec![0u8; 20], "no serial: zeros");
+    assert!(std::fs::read(&path).unwrap().iter().all(|&x| x == 0));
+    let _ = std::fs::remove_file(path);
+}
+
+/// Each malformed chain either completes with IOERR (status byte usable)
+/// or makes the device ask for a reset; the device never panics, and works
+/// again after a reset.
+#[test]
+fn malformed_chains() {
+    let (b, path) = file_backend("bad", false);
+    let mut d = Driver::new(b, None);
+    let outside = MEM_SIZE as u64 + 0x1000;
+
+    // Reported through the status byte.
+    type Build = fn(&mut Driver, u64) -> Req;
+    let ioerr_cases: [(&str, Build); 4] = [
+        ("data outside RAM", |d, outside| {
+            let h = d.request(VIRTIO_BLK_T_IN, 0, &[], 512);
+            // Point the data descriptor out of RAM.
+            d.put_desc(h.head + 1, outside, 512, (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16, h.head + 2);
+            h
+        }),
+        ("header too short", |d, _| {
+            let hdr = d.alloc(16);
+            let st = d.alloc(1);
+            let head = d.chain(&[(hdr, 8, false), (st, 1, true)]);
+            d.publish(head);
+            Req { head, status: st, data: 0 }
+        }),
+        ("readable after writable", |d, _| {
+            let hdr = d.alloc(16);
+            let buf = d.alloc(512);
+            let st = d.alloc(1);
+            let head = d.chain(&[(hdr, 16, false), (buf, 512, true), (buf, 512, false), (st, 1, true)]);
+            d.publish(head);
+            Req { head, status: st, data: 0 }
+        }),
+        ("data straddling the end of RAM", |d, _| {
+            let h = d.request(VIRTIO_BLK_T_IN, 0, &[], 512);
+            d.put_desc(h.head + 1, MEM_SIZE as u64 - 256, 512, (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16, h.head + 2);
+            h
+        }),
+    ];
+    for (what, build) in ioerr_cases {
+        d.init(0);
+        let r = build(&mut d, outside);
+        d.notify();
+        d.wait_used(1);
+        assert_eq!(d.status(r), S_IOERR, "{what}");
+        d.check_alive();
+    }
+
+    // Nothing to report through: DEVICE_NEEDS_RESET, no used entry.
+    type Break = fn(&mut Driver, u64);
+    let reset_cases: [(&str, Break); 7] = [
+        ("loop", |d, _| {
+            let hdr = d.alloc(16);
+            d.put_desc(0, hdr, 16, VRING_DESC_F_NEXT as u16, 1);
+            d.put_desc(1, hdr, 16, VRING_DESC_F_NEXT as u16, 0);
+            d.publish(0);
+        }),
+        ("next index out of range", |d, _| {
+            let hdr = d.alloc(16);
+            d.put_desc(0, hdr, 16, VRING_DESC_F_NEXT as u16, 300);
+            d.publish(0);
+        }),
+        ("status outside RAM", |d, outside| {
+            let h = d.request(VIRTIO_BLK_T_IN, 0, &[], 512);
+            d.put_desc(h.head + 2, outside, 1, VRING_DESC_F_WRITE as u16, 0);
+        }),
+        ("status not writable", |d, _| {
+            let h = d.request(VIRTIO_BLK_T_IN, 0, &[], 512);
+            let st = h.status;
+            d.put_desc(h.head + 2, st, 1, 0, 0);
+        }),
+        ("zero-length status", |d, _| {
+            let h = d.request(VIRTIO_BLK_T_IN, 0, &[], 512);
+            let st = h.status;
+            d.put_desc(h.head + 2, st, 0, VRING_DESC_F_WRITE as u16, 0);
+        }),
+        ("indirect table too long", |d, _| {
+            // 2000 entries chained in a table: over the device's limit.
+            let n = 2000u64;
+            let table = d.alloc(16 * n);
+            let buf = d.alloc(512);
+            for i in 0..n {
+                let a = table + 16 * i;
+                d.mem.write_obj(buf, GuestAddress(a)).unwrap();
+                d.mem.write_obj(512u32, GuestAddress(a + 8)).unwrap();
+                let flags = if i + 1 < n { VRING_DESC_F_NEXT | VRING_DESC_F_WRITE } else { VRING_DESC_F_WRITE };
+                d.mem.write_obj(flags as u16, GuestAddress(a + 12)).unwrap();
+                d.mem.write_obj((i + 1) as u16, GuestAddress(a + 14)).unwrap();
+            }
+            d.put_desc(0, table, (16 * n) as u32, VRING_DESC_F_INDIRECT as u16, 0);
+            d.publish(0);
+        }),
+        ("avail index far ahead", |d, _| {
+            d.mem.write_obj(1000u16, GuestAddress(AVAIL + 2)).unwrap();
+        }),
+    ];
+    for (what, build) in reset_cases {
+        d.init(0);
+        build(&mut d, outside);
+        d.notify();
+        d.wait_needs_reset();
+        assert_eq!(d.used_idx(), 0, "{what}: a used entry for a broken chain");
+        // Broken stays broken until the driver resets the device.
+        d.check_alive_after_reset();
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn event_idx_suppresses_interrupts() {
+    let b = Arc::new(BlockBackend::new("null"));
+    b.insert_medium(Arc::new(block::drivers::null::NullDriver::new(DISK)), "null").unwrap();
+    let mut d = Driver::new(b, None);
+    d.init(0);
+    // used_event (after the avail ring): interrupt once used idx passes 2.
+    d.mem.write_obj(2u16, GuestAddress(AVAIL + 4 + 2 * u64::from(QUEUE_SIZE))).unwrap();
+    let _ = d.irq.read();
+    for n in 1..=2u16 {
+        d.request(VIRTIO_BLK_T_IN, 0, &[], 512);
+        d.notify();
+        d.wait_used(n);
+    }
+    assert!(d.irq.read().is_err(), "interrupted before used_event was passed");
+    d.request(VIRTIO_BLK_T_IN, 0, &[], 512);
+    d.notify();
+    d.wait_used(3);
+    assert_eq!(d.irq.read().unwrap(), 1, "one interrupt once used_event was passed");
+
+    // Without EVENT_IDX every batch interrupts.
+    d.init(1 << VIRTIO_RING_F_EVENT_IDX);
+    let _ = d.irq.read();
+    d.request(VIRTIO_BLK_T_IN, 0, &[], 512);
+    d.notify();
+    d.wait_used(1);
+    assert_eq!(d.irq.read().unwrap(), 1);
+}
+
+/// Memory-backed storage that blocks reads while `hold` is set and logs
+/// every request in arrival order.
+#[derive(Default)]
+struct TestDisk {
+    data: Mutex<Vec<u8>>,
+    log: Mutex<Vec<(char, u64)>>,
+    hold: Mutex<bool>,
+    entered: Mutex<usize>,
+    cv: Condvar,
+    inline: bool,
+}
+
+impl TestDisk {
+    fn new(inline: bool) -> Arc<TestDisk> {
+        Arc::new(TestDisk { data: Mutex::new(vec![0; DISK as usize]), inline, ..Default::default() })
+    }
+}
+
+impl BlockDriver for TestDisk {
+    fn name(&self) -> &'static str {
+        "test"
+    }
+    fn size(&self) -> IoResult<u64> {
+        Ok(DISK)
+    }
+    fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
+        self.log.lock().unwrap().push(('r', offset));
+        *self.entered.lock().unwrap() += 1;
+        self.cv.notify_all();
+        let mut h = self.hold.lock().unwrap();
+        while *h {
+            h = self.cv.wait(h).unwrap();
+        }
+        let data = self.data.lock().unwrap();
+        let mut o = offset as usize;
+        for b in iov.iter_mut() {
+            let n = b.len();
+            b.copy_from_slice(&data[o..o + n]);
+            o += n;
+        }
+        Ok(())
+    }
+    fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
+        self.log.lock().unwrap().push(('w', offset));
+        let mut data = self.data.lock().unwrap();
+        let mut o = offset as usize;
+        for b in iov {
+            data[o..o + b.len()].copy_from_slice(b);
+            o += b.len();
+        }
+        Ok(())
+    }
+    fn flush(&self) -> IoResult<()> {
+        Ok(())
+    }
+    fn discard(&self, _: u64, _: u64) -> IoResult<()> {
+        Ok(())
+    }
+    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> IoResult<()> {
+        Ok(())
+    }
+    fn truncate(&self, _: u64) -> IoResult<()> {
+        Err(block::Errno::ENOTSUP)
+    }
+    fn async_mode(&self) -> AsyncMode {
+        if self.inline {
+            AsyncMode::Inline
+        } else {
+            AsyncMode::Blocking
+        }
+    }
+}
+
+#[test]
+fn reset_waits_for_requests_in_flight_and_reactivation_works() {
+    let disk = TestDisk::new(false);
+    *disk.hold.lock().unwrap() = true;
+    let b = Arc::new(BlockBackend::new("stuck"));
+    b.insert_medium(disk.clone(), "t").unwrap();
+    let mut d = Driver::new(b.clone(), None);
+    d.init(0);
+    for i in 0..4 {
+        d.request(VIRTIO_BLK_T_IN, i * 8, &[], 4096);
+    }
+    d.notify();
+    {
+        let mut n = disk.entered.lock().unwrap();
+        while *n < 4 {
+            n = disk.cv.wait_timeout(n, WAIT).unwrap().0;
+        }
+    }
+    assert_eq!(b.in_flight(), 4);
+    // The driver resets while the reads are stuck in the storage: the reset
+    // must not return before they are done (they write guest memory).
+    let d = Arc::new(Mutex::new(d));
+    let d2 = d.clone();
+    let resetter = std::thread::spawn(move || d2.lock().unwrap().w(VIRTIO_MMIO_STATUS, 0));
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < deadline {
+        assert!(!resetter.is_finished(), "reset returned with requests in flight");
+        std::thread::yield_now();
+    }
+    *disk.hold.lock().unwrap() = false;
+    disk.cv.notify_all();
+    resetter.join().unwrap();
+    assert_eq!(b.in_flight(), 0);
+    let mut d = Arc::try_unwrap(d).ok().unwrap().into_inner().unwrap();
+    assert_eq!(d.used_idx(), 0, "completions after reset reached the ring");
+    d.check_alive_after_reset();
+}
+
+#[test]
+fn stop_policy_holds_and_retries_in_order() {
+    let disk = TestDisk::new(true);
+    let inject = Arc::new(InjectDriver::new(disk.clone()));
+    inject.add_rule(Rule { op: Op::Write, sectors: Some((8, 8)), errno: libc::ENOSPC, count: Count::Once });
+    let b = Arc::new(BlockBackend::new("stopper"));
+    b.insert_medium(inject, "inject").unwrap();
+    b.set_on_error(OnError::Report, OnError::Stop).unwrap();
+    b.iostatus_enable();
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev2 = events.clone();
+    b.set_event_sink(Some(Box::new(move |e| ev2.lock().unwrap().push(e))));
+    let mut d = Driver::new(b.clone(), None);
+    d.init(0);
+
+    let a = pattern(1, 4096);
+    let c = pattern(2, 4096);
+    let w1 = d.request(VIRTIO_BLK_T_OUT, 8, &a, 0); // fails once: held
+    let w2 = d.request(VIRTIO_BLK_T_OUT, 32, &c, 0); // was already taken: completes
+    d.notify();
+    d.wait_used(1);
+    assert_eq!(d.used(0).0, u32::from(w2.head));
+    assert_eq!(d.handle.held_requests(), 1);
+    assert_eq!(b.iostatus(), Some(block::IoStatus::NoSpace));
+    assert!(matches!(
+        events.lock().unwrap().as_slice(),
+        [BlockEvent::IoError { action: ErrorAction::Stop, operation: "write", .. }]
+    ));
+    // While stopped, new requests stay in the ring.
+    let w3 = d.request(VIRTIO_BLK_T_OUT, 8, &c, 0);
+    d.notify();
+    let log_len = disk.log.lock().unwrap().len();
+    // Resume: w1 is resubmitted before w3 is taken.
+    b.iostatus_reset();
+    d.handle.resume();
+    d.wait_used(3);
+    assert_eq!(d.handle.held_requests(), 0);
+    let log = disk.log.lock().unwrap().clone();
+    assert_eq!(log.len(), log_len + 2, "{log:?}");
+    assert_eq!(&log[log_len..], &[('w', 4096), ('w', 4096)], "{log:?}");
+    let order: Vec<u32> = (0..3).map(|i| d.used(i).0).collect();
+    assert_eq!(order, vec![u32::from(w2.head), u32::from(w1.head), u32::from(w3.head)]);
+    assert_eq!([d.status(w1), d.status(w2), d.status(w3)], [S_OK; 3]);
+    // Each completed once; w3 (same sector, later) is what the disk holds.
+    assert_eq!(d.used_idx(), 3);
+    assert_eq!(&disk.data.lock().unwrap()[4096..8192], &c[..]);
+    assert_eq!(&disk.data.lock().unwrap()[16384..20480], &c[..]);
+}
+
+#[test]
+fn resize_updates_capacity_and_raises_config_interrupt() {
+    let (b, path) = file_backend("resize", false);
+    let mut d = Driver::new(b.clone(), None);
+    d.init(0);
+    let gen = d.r(VIRTIO_MMIO_CONFIG_GENERATION);
+    let _ = d.irq.read();
+    b.truncate(2 * DISK).unwrap();
+    assert_eq!(d.config(0, 8), 2 * DISK / 512);
+    assert_ne!(d.r(VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG, 0);
+    assert_eq!(d.irq.read().unwrap(), 1);
+    assert_ne!(d.r(VIRTIO_MMIO_CONFIG_GENERATION), gen);
+    // A read past the old end now works.
+    let r = d.request(VIRTIO_BLK_T_IN, DISK / 512, &[], 512);
+    d.notify();
+    d.wait_used(1);
+    assert_eq!(d.status(r), S_OK);
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn drained_section_takes_no_new_requests() {
+    let b = Arc::new(BlockBackend::new("drain"));
+    b.insert_medium(Arc::new(block::drivers::null::NullDriver::new(DISK)), "null").unwrap();
+    let mut d = Driver::new(b.clone(), None);
+    d.init(0);
+    b.drained_begin();
+    let r = d.request(VIRTIO_BLK_T_IN, 0, &[], 512);
+    d.notify();
+    // A device that ignored the drained section would complete this
+    // null-driver read within microseconds.
+    let until = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < until {
+        assert_eq!(d.used_idx(), 0, "a request was taken inside a drained section");
+        std::thread::yield_now();
+    }
+    b.drained_end();
+    d.wait_used(1);
+    assert_eq!(d.status(r), S_OK);
+}
