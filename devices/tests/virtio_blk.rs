@@ -4,245 +4,19 @@
 //! I/O thread does the work.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use block::drivers::inject::{Count, InjectDriver, Op, Rule};
 use block::drivers::raw::RawFile;
 use block::{AioEngine, AsyncMode, BlockBackend, BlockDriver, BlockEvent, CacheMode, ErrorAction, IoResult, OnError};
-use devices::virtio::block::{Block, BlockHandle, QUEUE_SIZE};
-use devices::virtio::mmio::MmioTransport;
-use devices::BusDevice;
+use devices::virtio::block::QUEUE_SIZE;
+use devices::virtio::testing::*;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::*;
 use virtio_bindings::virtio_mmio::*;
 use virtio_bindings::virtio_ring::*;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
-const DESC: u64 = 0x1_0000;
-const AVAIL: u64 = 0x2_0000;
-const USED: u64 = 0x3_0000;
-const DATA: u64 = 0x10_0000;
-const MEM_SIZE: usize = 32 << 20;
-const DISK: u64 = 1 << 20;
-const WAIT: Duration = Duration::from_secs(10);
-
-const S_OK: u8 = VIRTIO_BLK_S_OK as u8;
-const S_IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
-const S_UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
-
-/// A request as laid out in guest memory.
-#[derive(Clone, Copy)]
-struct Req {
-    head: u16,
-    status: u64,
-    data: u64,
-}
-
-/// The test's side of the device: registers, rings, buffers.
-struct Driver {
-    mem: GuestMemoryMmap,
-    t: MmioTransport,
-    irq: EventFd,
-    handle: BlockHandle,
-    next_desc: u16,
-    avail_idx: u16,
-    data_next: u64,
-}
-
-impl Driver {
-    fn new(backend: Arc<BlockBackend>, serial: Option<&str>) -> Driver {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let block = Block::new(backend, AioEngine::IoUring, serial).unwrap();
-        let handle = block.handle();
-        let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        let t = MmioTransport::new(Box::new(block), mem.clone(), irq.try_clone().unwrap()).unwrap();
-        Driver { mem, t, irq, handle, next_desc: 0, avail_idx: 0, data_next: DATA }
-    }
-
-    fn r(&mut self, off: u32) -> u32 {
-        let mut d = [0u8; 4];
-        self.t.read(u64::from(off), &mut d);
-        u32::from_le_bytes(d)
-    }
-
-    fn w(&mut self, off: u32, v: u32) {
-        self.t.write(u64::from(off), &v.to_le_bytes());
-    }
-
-    fn features(&mut self) -> u64 {
-        self.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
-        let lo = self.r(VIRTIO_MMIO_DEVICE_FEATURES);
-        self.w(VIRTIO_MMIO_DEVICE_FEATURES_SEL, 1);
-        let hi = self.r(VIRTIO_MMIO_DEVICE_FEATURES);
-        (u64::from(hi) << 32) | u64::from(lo)
-    }
-
-    /// Linux's virtio_mmio probe and virtio_blk setup, accepting the offered
-    /// features except those in `refuse`.
-    fn init(&mut self, refuse: u64) {
-        self.w(VIRTIO_MMIO_STATUS, 0);
-        self.mem.write_slice(&[0u8; 0x3_0000], GuestAddress(DESC)).unwrap();
-        self.next_desc = 0;
-        self.avail_idx = 0;
-        assert_eq!(self.r(VIRTIO_MMIO_MAGIC_VALUE), 0x7472_6976);
-        assert_eq!(self.r(VIRTIO_MMIO_VERSION), 2);
-        assert_eq!(self.r(VIRTIO_MMIO_DEVICE_ID), 2);
-        self.w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
-        self.w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
-        let f = self.features() & !refuse;
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES, f as u32);
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
-        self.w(VIRTIO_MMIO_DRIVER_FEATURES, (f >> 32) as u32);
-        let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
-        self.w(VIRTIO_MMIO_STATUS, s);
-        assert_ne!(self.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK, 0, "features refused");
-        self.w(VIRTIO_MMIO_QUEUE_SEL, 0);
-        assert_eq!(self.r(VIRTIO_MMIO_QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
-        self.w(VIRTIO_MMIO_QUEUE_NUM, u32::from(QUEUE_SIZE));
-        self.w(VIRTIO_MMIO_QUEUE_DESC_LOW, DESC as u32);
-        self.w(VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
-        self.w(VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL as u32);
-        self.w(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
-        self.w(VIRTIO_MMIO_QUEUE_USED_LOW, USED as u32);
-        self.w(VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
-        self.w(VIRTIO_MMIO_QUEUE_READY, 1);
-        self.w(VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
-        assert_eq!(self.r(VIRTIO_MMIO_STATUS), s | VIRTIO_CONFIG_S_DRIVER_OK);
-    }
-
-    fn alloc(&mut self, len: u64) -> u64 {
-        let a = self.data_next;
-        self.data_next += (len + 15) & !15;
-        assert!(self.data_next < MEM_SIZE as u64, "test ran out of buffer space");
-        a
-    }
-
-    fn put_desc(&self, idx: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = DESC + u64::from(idx) * 16;
-        self.mem.write_obj(addr, GuestAddress(at)).unwrap();
-        self.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
-        self.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
-        self.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
-    }
-
-    /// Writes a chain of (addr, len, device-writable) descriptors; returns
-    /// the head index.
-    fn chain(&mut self, descs: &[(u64, u32, bool)]) -> u16 {
-        let head = self.next_desc;
-        for (i, &(addr, len, write)) in descs.iter().enumerate() {
-            let idx = (head + i as u16) % QUEUE_SIZE;
-            let last = i + 1 == descs.len();
-            let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-            if !last {
-                flags |= VRING_DESC_F_NEXT as u16;
-            }
-            self.put_desc(idx, addr, len, flags, (idx + 1) % QUEUE_SIZE);
-        }
-        self.next_desc = (head + descs.len() as u16) % QUEUE_SIZE;
-        head
-    }
-
-    fn publish(&mut self, head: u16) {
-        let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QUEUE_SIZE);
-        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem.write_obj(self.avail_idx, GuestAddress(AVAIL + 2)).unwrap();
-    }
-
-    fn notify(&mut self) {
-        self.w(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
-    }
-
-    /// Header, optional out data, optional in buffer, status: Linux's shape.
-    fn request(&mut self, ty: u32, sector: u64, out: &[u8], in_len: u32) -> Req {
-        let hdr = self.alloc(16);
-        self.mem.write_obj(ty, GuestAddress(hdr)).unwrap();
-        self.mem.write_obj(0u32, GuestAddress(hdr + 4)).unwrap();
-        self.mem.write_obj(sector, GuestAddress(hdr + 8)).unwrap();
-        let mut descs = vec![(hdr, 16, false)];
-        let mut data = 0;
-        if !out.is_empty() {
-            data = self.alloc(out.len() as u64);
-            self.mem.write_slice(out, GuestAddress(data)).unwrap();
-            descs.push((data, out.len() as u32, false));
-        }
-        if in_len > 0 {
-            data = self.alloc(u64::from(in_len));
-            self.mem.write_slice(&vec![0xeeu8; in_len as usize], GuestAddress(data)).unwrap();
-            descs.push((data, in_len, true));
-        }
-        let status = self.alloc(1);
-        self.mem.write_obj(0xffu8, GuestAddress(status)).unwrap();
-        descs.push((status, 1, true));
-        let head = self.chain(&descs);
-        self.publish(head);
-        Req { head, status, data }
-    }
-
-    fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(USED + 2)).unwrap()
-    }
-
-    fn used(&self, i: u16) -> (u32, u32) {
-        let at = USED + 4 + 8 * u64::from(i % QUEUE_SIZE);
-        (self.mem.read_obj(GuestAddress(at)).unwrap(), self.mem.read_obj(GuestAddress(at + 4)).unwrap())
-    }
-
-    /// Waits (on the interrupt eventfd, with a deadline) until the used
-    /// ring holds `n` entries in total.
-    fn wait_used(&self, n: u16) {
-        let deadline = Instant::now() + WAIT;
-        while self.used_idx() != n {
-            assert!(Instant::now() < deadline, "used idx stuck at {} (want {n})", self.used_idx());
-            let mut p = libc::pollfd { fd: self.irq.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut p, 1, 10) };
-        }
-    }
-
-    /// Waits until the device status says NEEDS_RESET.
-    fn wait_needs_reset(&mut self) {
-        let deadline = Instant::now() + WAIT;
-        while self.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET == 0 {
-            assert!(Instant::now() < deadline, "device never asked for a reset");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    fn status(&self, r: Req) -> u8 {
-        self.mem.read_obj(GuestAddress(r.status)).unwrap()
-    }
-
-    fn data(&self, r: Req, len: usize) -> Vec<u8> {
-        let mut v = vec![0u8; len];
-        self.mem.read_slice(&mut v, GuestAddress(r.data)).unwrap();
-        v
-    }
-
-    fn config(&mut self, off: u32, len: usize) -> u64 {
-        let mut d = [0u8; 8];
-        self.t.read(u64::from(VIRTIO_MMIO_CONFIG + off), &mut d[..len]);
-        u64::from_le_bytes(d)
-    }
-
-    fn check_alive_after_reset(&mut self) {
-        self.init(0);
-        assert_eq!(self.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
-        self.check_alive();
-    }
-
-    /// A read that must succeed: the device works (again).
-    fn check_alive(&mut self) {
-        let r = self.request(VIRTIO_BLK_T_IN, 0, &[], 512);
-        self.notify();
-        self.wait_used(self.avail_idx);
-        assert_eq!(self.status(r), S_OK);
-    }
-}
+use vm_memory::{Bytes, GuestAddress};
 
 fn image(tag: &str, len: u64) -> std::path::PathBuf {
     let p = std::env::temp_dir().join(format!("vblk-{}-{tag}", std::process::id()));
@@ -266,7 +40,7 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 #[test]
 fn every_request_type() {
     let (b, path) = file_backend("types", false);
-    let mut d = Driver::new(b.clone(), Some("serial-123"));
+    let mut d = Driver::new(b.clone(), AioEngine::IoUring, Some("serial-123"));
     let f = d.features();
     for bit in [VIRTIO_F_VERSION_1, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_RING_F_EVENT_IDX] {
         assert_ne!(f & (1 << bit), 0, "feature {bit} not offered");
@@ -332,7 +106,7 @@ fn every_request_type() {
 #[test]
 fn read_only_disk_refuses_writes() {
     let (b, path) = file_backend("ro", true);
-    let mut d = Driver::new(b, None);
+    let mut d = Driver::new(b, AioEngine::IoUring, None);
     assert_ne!(d.features() & (1 << VIRTIO_BLK_F_RO), 0);
     d.init(0);
     let w = d.request(VIRTIO_BLK_T_OUT, 0, &[1u8; 512], 0);
@@ -351,7 +125,7 @@ fn read_only_disk_refuses_writes() {
 #[test]
 fn malformed_chains() {
     let (b, path) = file_backend("bad", false);
-    let mut d = Driver::new(b, None);
+    let mut d = Driver::new(b, AioEngine::IoUring, None);
     let outside = MEM_SIZE as u64 + 0x1000;
 
     // Reported through the status byte.
@@ -457,7 +231,7 @@ fn malformed_chains() {
 fn event_idx_suppresses_interrupts() {
     let b = Arc::new(BlockBackend::new("null"));
     b.insert_medium(Arc::new(block::drivers::null::NullDriver::new(DISK)), "null").unwrap();
-    let mut d = Driver::new(b, None);
+    let mut d = Driver::new(b, AioEngine::IoUring, None);
     d.init(0);
     // used_event (after the avail ring): interrupt once used idx passes 2.
     d.mem.write_obj(2u16, GuestAddress(AVAIL + 4 + 2 * u64::from(QUEUE_SIZE))).unwrap();
@@ -561,7 +335,7 @@ fn reset_waits_for_requests_in_flight_and_reactivation_works() {
     *disk.hold.lock().unwrap() = true;
     let b = Arc::new(BlockBackend::new("stuck"));
     b.insert_medium(disk.clone(), "t").unwrap();
-    let mut d = Driver::new(b.clone(), None);
+    let mut d = Driver::new(b.clone(), AioEngine::IoUring, None);
     d.init(0);
     for i in 0..4 {
         d.request(VIRTIO_BLK_T_IN, i * 8, &[], 4096);
@@ -605,7 +379,7 @@ fn stop_policy_holds_and_retries_in_order() {
     let events = Arc::new(Mutex::new(Vec::new()));
     let ev2 = events.clone();
     b.set_event_sink(Some(Box::new(move |e| ev2.lock().unwrap().push(e))));
-    let mut d = Driver::new(b.clone(), None);
+    let mut d = Driver::new(b.clone(), AioEngine::IoUring, None);
     d.init(0);
 
     let a = pattern(1, 4096);
@@ -645,7 +419,7 @@ fn stop_policy_holds_and_retries_in_order() {
 #[test]
 fn resize_updates_capacity_and_raises_config_interrupt() {
     let (b, path) = file_backend("resize", false);
-    let mut d = Driver::new(b.clone(), None);
+    let mut d = Driver::new(b.clone(), AioEngine::IoUring, None);
     d.init(0);
     let gen = d.r(VIRTIO_MMIO_CONFIG_GENERATION);
     let _ = d.irq.read();
@@ -666,7 +440,7 @@ fn resize_updates_capacity_and_raises_config_interrupt() {
 fn drained_section_takes_no_new_requests() {
     let b = Arc::new(BlockBackend::new("drain"));
     b.insert_medium(Arc::new(block::drivers::null::NullDriver::new(DISK)), "null").unwrap();
-    let mut d = Driver::new(b.clone(), None);
+    let mut d = Driver::new(b.clone(), AioEngine::IoUring, None);
     d.init(0);
     b.drained_begin();
     let r = d.request(VIRTIO_BLK_T_IN, 0, &[], 512);

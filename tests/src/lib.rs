@@ -155,37 +155,35 @@ fn shared_libraries(bin: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The archive appended to the L1 base: /bin/vmm, its libraries at the
-/// paths the dynamic loader expects, and /scenario.sh.
-fn overlay(body: &str, extra_bins: &[&Path], extra_files: &[&Path]) -> Vec<u8> {
-    let mut c = cpio::Cpio::new(Vec::new());
-    let mut dirs = std::collections::BTreeSet::new();
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    let add = |src: &Path, dest: String, files: &mut Vec<(String, Vec<u8>)>| {
-        if files.iter().any(|(d, _)| *d == dest) {
-            return;
-        }
-        let data = std::fs::read(src).unwrap_or_else(|e| panic!("reading {}: {e}", src.display()));
-        files.push((dest, data));
-    };
-    let as_dest = |p: &Path| p.to_string_lossy().trim_start_matches('/').to_string();
-    add(vmm_binary(), "bin/vmm".into(), &mut files);
-    let mut bins = vec![vmm_binary()];
-    for b in extra_bins {
-        add(b, as_dest(b), &mut files);
-        bins.push(b);
+type Files = Vec<(String, Vec<u8>)>;
+
+fn as_dest(p: &Path) -> String {
+    p.to_string_lossy().trim_start_matches('/').to_string()
+}
+
+/// Adds `src` to the archive's files at `dest` (once).
+fn add_file(files: &mut Files, src: &Path, dest: String) {
+    if files.iter().any(|(d, _)| *d == dest) {
+        return;
     }
+    let data = std::fs::read(src).unwrap_or_else(|e| panic!("reading {}: {e}", src.display()));
+    files.push((dest, data));
+}
+
+/// Adds the shared libraries of each binary at their host paths.
+fn add_libraries(files: &mut Files, bins: &[&Path]) {
     for bin in bins {
         for lib in shared_libraries(bin) {
-            add(&lib, as_dest(&lib), &mut files);
+            add_file(files, &lib, as_dest(&lib));
         }
     }
-    for f in extra_files {
-        add(f, as_dest(f), &mut files);
-    }
-    let script = format!("VMM=/bin/vmm\nIMAGES=/images\nWORK=/tmp/work\nmkdir -p $WORK\n{body}");
-    files.push(("scenario.sh".into(), script.into_bytes()));
-    for (name, _) in &files {
+}
+
+/// A newc archive of `files`, with the directories they need.
+fn to_cpio(files: &Files) -> Vec<u8> {
+    let mut c = cpio::Cpio::new(Vec::new());
+    let mut dirs = std::collections::BTreeSet::new();
+    for (name, _) in files {
         let mut p = Path::new(name).parent();
         while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
             dirs.insert(d.to_string_lossy().to_string());
@@ -195,10 +193,40 @@ fn overlay(body: &str, extra_bins: &[&Path], extra_files: &[&Path]) -> Vec<u8> {
     for d in dirs {
         c.dir(&d).expect("cpio");
     }
-    for (name, data) in &files {
+    for (name, data) in files {
         c.file(name, data, true).expect("cpio");
     }
     c.finish().expect("cpio")
+}
+
+/// An archive with host programs at their host paths and the libraries
+/// they link, to append to an initramfs (e.g. fio for a benchmark guest).
+pub fn programs_archive(bins: &[&Path]) -> Vec<u8> {
+    let mut files = Files::new();
+    for b in bins {
+        add_file(&mut files, b, as_dest(b));
+    }
+    add_libraries(&mut files, bins);
+    to_cpio(&files)
+}
+
+/// The archive appended to the L1 base: /bin/vmm, its libraries at the
+/// paths the dynamic loader expects, and /scenario.sh.
+fn overlay(body: &str, extra_bins: &[&Path], extra_files: &[&Path]) -> Vec<u8> {
+    let mut files = Files::new();
+    add_file(&mut files, vmm_binary(), "bin/vmm".into());
+    let mut bins = vec![vmm_binary()];
+    for b in extra_bins {
+        add_file(&mut files, b, as_dest(b));
+        bins.push(b);
+    }
+    add_libraries(&mut files, &bins);
+    for f in extra_files {
+        add_file(&mut files, f, as_dest(f));
+    }
+    let script = format!("VMM=/bin/vmm\nIMAGES=/images\nWORK=/tmp/work\nmkdir -p $WORK\n{body}");
+    files.push(("scenario.sh".into(), script.into_bytes()));
+    to_cpio(&files)
 }
 
 /// The QEMU command line of an L1 VM whose init runs `body` (with `$VMM`,
