@@ -71,7 +71,7 @@ done
         std::process::Command::new("sh").arg("-c").arg(s).stderr(Stdio::inherit()).output()
     } else {
         let body = format!("{script}\necho E2E-SCENARIO-DONE\n");
-        let (mut cmd, work) = e2e::l1_command_with(&body, &[qemu], &[&firmware[0], &firmware[1], &initrd]);
+        let (mut cmd, work) = e2e::l1_command_with(&body, &[qemu], &[firmware[0], firmware[1], &initrd]);
         let o = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output();
         let _ = std::fs::remove_dir_all(work);
         o
