@@ -99,7 +99,10 @@ fn data_flush_readonly_and_serial() {
 fn blkdiscard_frees_host_blocks() {
     // The host fills 16 MiB of a sparse 64 MiB image; the guest discards
     // the whole disk; the host file's allocation must shrink.
-    let guest = "blkdiscard /dev/vda; echo DISCARD-RC=$?";
+    // Then the driver is unloaded (device reset) and loaded again
+    // (re-activation), and the disk must still answer.
+    let guest = "blkdiscard /dev/vda; echo DISCARD-RC=$?; rmmod virtio_blk; insmod /lib/modules/virtio_blk.ko; \
+                 dd if=/dev/vda of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null; echo REREAD-RC=$?";
     let script = [
         "truncate -s 64M $WORK/d.raw".to_string(),
         "yes data | head -c 16777216 | dd of=$WORK/d.raw conv=notrunc 2>/dev/null".to_string(),
@@ -114,6 +117,7 @@ fn blkdiscard_frees_host_blocks() {
     let log = run.log();
     assert_eq!(run.expect_value("VMM-EXIT"), "0", "{log}");
     assert_eq!(run.expect_value("DISCARD-RC"), "0", "{log}");
+    assert_eq!(run.expect_value("REREAD-RC"), "0", "no I/O after reloading virtio_blk\n{log}");
     let before: u64 = run.expect_value("ALLOC-BEFORE").parse().expect("number");
     let after: u64 = run.expect_value("ALLOC-AFTER").parse().expect("number");
     assert!(before >= 16 * 1024, "the image was not filled: {before} KiB\n{log}");

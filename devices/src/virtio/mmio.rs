@@ -218,9 +218,10 @@ impl MmioTransport {
             }
             VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = v,
             VIRTIO_MMIO_QUEUE_NUM => {
-                if let Some(q) = self.queue_writable() {
-                    // Invalid sizes are kept and refused at DRIVER_OK.
-                    q.set_size(v as u16);
+                // The queue ignores sizes that are not a power of two up to
+                // its maximum, so the maximum stays and the driver sees it.
+                if let (Some(q), Ok(size)) = (self.queue_writable(), u16::try_from(v)) {
+                    q.set_size(size);
                 }
             }
             VIRTIO_MMIO_QUEUE_READY => {

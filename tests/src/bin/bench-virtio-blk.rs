@@ -38,6 +38,9 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("creating target/bench");
     let initrd = dir.join("initramfs-fio.cpio");
     let mut archive = std::fs::read(e2e::images().join("initramfs.cpio.gz")).expect("reading the guest initramfs");
+    // The kernel's unpacker skips zeros between archives but wants each one
+    // to start 4-byte aligned.
+    archive.resize(archive.len().next_multiple_of(4), 0);
     archive.extend_from_slice(&e2e::programs_archive(&[fio]));
     std::fs::write(&initrd, archive).expect("writing the benchmark initramfs");
 
@@ -53,7 +56,7 @@ fn main() {
         r#"
 img=$WORK/disk.raw
 dd if=/dev/zero of=$img bs=1M count=512 2>/dev/null
-tag() {{ while IFS= read -r line; do case "$line" in 3\;*) echo "FIO vmm=$1 $line";; esac; done; }}
+tag() {{ while IFS= read -r line; do case "$line" in 3\;*) echo "FIO vmm=$1 $line";; *rror*|*fio*|*vmm:*|*qemu*) echo "$1: $line";; esac; done; }}
 QEMU_ARGS="-M microvm,acpi=on -enable-kvm -cpu host -m 1G -smp 1 -nodefaults -no-user-config -display none -serial stdio -L /usr/share/qemu"
 for i in $(seq {runs}); do
     $VMM --kernel $IMAGES/vmlinuz --initrd {initrd} --memory 1G --drive if=virtio,file=$img --cmdline '{cmdline}' </dev/null 2>&1 | tag ours

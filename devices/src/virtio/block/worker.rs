@@ -141,7 +141,14 @@ impl Worker {
     }
 
     fn may_take_requests(&self) -> bool {
-        !self.broken && self.retry.is_empty() && !self.shared.quiesced.load(Ordering::SeqCst)
+        // A driver cannot have more requests outstanding than the ring has
+        // entries; one that republishes heads early could otherwise make
+        // the in-flight table grow without bound.
+        let in_flight = self.slots.len() - self.free.len();
+        !self.broken
+            && self.retry.is_empty()
+            && in_flight < usize::from(self.queue.size())
+            && !self.shared.quiesced.load(Ordering::SeqCst)
     }
 
     fn take_requests(&mut self) {
