@@ -1,7 +1,8 @@
 //! virtio-blk as the stock Linux driver uses it: data written in the guest
 //! with O_DIRECT is in the host image byte for byte, `sync` reaches the
 //! block layer as FLUSH, readonly=on is enforced and visible, discard frees
-//! host blocks, and GET_ID carries the serial.
+//! host blocks, GET_ID carries the serial, the driver can be unloaded and
+//! loaded again (device reset and re-activation), and eight disks work.
 
 use std::time::Duration;
 
@@ -96,18 +97,27 @@ fn data_flush_readonly_and_serial() {
 }
 
 #[test]
-fn blkdiscard_frees_host_blocks() {
+fn blkdiscard_reload_and_eight_disks() {
     // The host fills 16 MiB of a sparse 64 MiB image; the guest discards
     // the whole disk; the host file's allocation must shrink.
     // Then the driver is unloaded (device reset) and loaded again
     // (re-activation), and the disk must still answer.
+    // Seven more disks make eight, the maximum: the last one (GSI 23) must
+    // answer too.
     let guest = "blkdiscard /dev/vda; echo DISCARD-RC=$?; rmmod virtio_blk; insmod /lib/modules/virtio_blk.ko; \
-                 dd if=/dev/vda of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null; echo REREAD-RC=$?";
+                 dd if=/dev/vda of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null; echo REREAD-RC=$?; \
+                 echo DISKS=$(ls /sys/block | grep -c vd); echo SERIAL-H=$(cat /sys/block/vdh/serial); \
+                 dd if=/dev/vdh of=/dev/null bs=4k count=16 iflag=direct 2>/dev/null; echo VDH-RC=$?";
+    let mut drives = "--drive if=virtio,file=$WORK/d.raw --print-blockstats".to_string();
+    for i in 1..8 {
+        drives += &format!(" --drive if=virtio,file=$WORK/e{i}.raw,serial=extra{i}");
+    }
     let script = [
         "truncate -s 64M $WORK/d.raw".to_string(),
+        "for i in 1 2 3 4 5 6 7; do truncate -s 1M $WORK/e$i.raw; done".to_string(),
         "yes data | head -c 16777216 | dd of=$WORK/d.raw conv=notrunc 2>/dev/null".to_string(),
         "echo ALLOC-BEFORE=$(du -k $WORK/d.raw | cut -f1)".to_string(),
-        format!("{} 2>$WORK/err", vmm_command("--drive if=virtio,file=$WORK/d.raw --print-blockstats", guest)),
+        format!("{} 2>$WORK/err", vmm_command(&drives, guest)),
         "echo VMM-EXIT=$?".to_string(),
         "cat $WORK/err".to_string(),
         "echo ALLOC-AFTER=$(du -k $WORK/d.raw | cut -f1)".to_string(),
@@ -118,6 +128,9 @@ fn blkdiscard_frees_host_blocks() {
     assert_eq!(run.expect_value("VMM-EXIT"), "0", "{log}");
     assert_eq!(run.expect_value("DISCARD-RC"), "0", "{log}");
     assert_eq!(run.expect_value("REREAD-RC"), "0", "no I/O after reloading virtio_blk\n{log}");
+    assert_eq!(run.expect_value("DISKS"), "8", "{log}");
+    assert_eq!(run.expect_value("SERIAL-H"), "extra7", "{log}");
+    assert_eq!(run.expect_value("VDH-RC"), "0", "{log}");
     let before: u64 = run.expect_value("ALLOC-BEFORE").parse().expect("number");
     let after: u64 = run.expect_value("ALLOC-AFTER").parse().expect("number");
     assert!(before >= 16 * 1024, "the image was not filled: {before} KiB\n{log}");
