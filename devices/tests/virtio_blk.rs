@@ -65,8 +65,12 @@ fn every_request_type() {
     assert_eq!(d.status(id), S_OK);
     assert_eq!(&d.data(id, 20)[..12], b"serial-123\0\0");
     // The used length covers the writable bytes: data plus status.
+    // The used length counts what was written: data and status of a read,
+    // 20 ID bytes and the status for GET_ID, the status alone for a write.
     let lens: Vec<(u32, u32)> = (0..4).map(|i| d.used(i)).collect();
     assert!(lens.contains(&(u32::from(r.head), 8193)), "{lens:?}");
+    assert!(lens.contains(&(u32::from(id.head), 21)), "{lens:?}");
+    assert!(lens.contains(&(u32::from(w.head), 1)), "{lens:?}");
     // The host image holds it.
     let file = std::fs::read(&path).unwrap();
     assert_eq!(&file[4096..4096 + 8192], &data[..]);
@@ -100,6 +104,50 @@ fn every_request_type() {
     assert_eq!(b.stats().get(OpKind::Flush).ops, 1);
     assert_eq!(b.stats().get(OpKind::Discard).ops, 1);
     assert_eq!(b.stats().get(OpKind::Write).ops, 2, "write and write-zeroes");
+
+    // Idle again after io_uring completions: the I/O thread must sleep,
+    // not spin on an eventfd it never reads.
+    let before = d.handle.wakeups();
+    std::thread::sleep(Duration::from_millis(200));
+    let woke = d.handle.wakeups() - before;
+    assert!(woke <= 2, "the idle I/O thread woke {woke} times in 200 ms");
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn without_negotiated_flush_writes_are_flushed_before_completing() {
+    let (b, path) = file_backend("wt", false);
+    let mut d = Driver::new(b.clone(), AioEngine::IoUring, None);
+    d.init(1 << VIRTIO_BLK_F_FLUSH);
+    let w = d.request(VIRTIO_BLK_T_OUT, 0, &pattern(3, 4096), 0);
+    d.notify();
+    d.wait_used(1);
+    assert_eq!(d.status(w), S_OK);
+    assert_eq!(b.stats().get(block::stats::OpKind::Flush).ops, 1, "write-through: one flush per write");
+    // With FLUSH negotiated, writes are not flushed by the device.
+    d.init(0);
+    let w = d.request(VIRTIO_BLK_T_OUT, 0, &pattern(4, 4096), 0);
+    d.notify();
+    d.wait_used(1);
+    assert_eq!(d.status(w), S_OK);
+    assert_eq!(b.stats().get(block::stats::OpKind::Flush).ops, 1);
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn rings_at_address_zero_are_refused() {
+    let (b, path) = file_backend("zero", false);
+    let mut d = Driver::new(b, AioEngine::IoUring, None);
+    for rings in [[0, AVAIL, USED], [DESC, 0, USED], [DESC, AVAIL, 0]] {
+        d.init_rings(0, rings);
+        assert_ne!(d.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET, 0, "{rings:x?} accepted");
+    }
+    // DRIVER_OK without FEATURES_OK.
+    d.w(VIRTIO_MMIO_STATUS, 0);
+    d.w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER);
+    d.w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK);
+    assert_ne!(d.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+    d.check_alive_after_reset();
     let _ = std::fs::remove_file(path);
 }
 
@@ -399,9 +447,17 @@ fn stop_policy_holds_and_retries_in_order() {
     let w3 = d.request(VIRTIO_BLK_T_OUT, 8, &c, 0);
     d.notify();
     let log_len = disk.log.lock().unwrap().len();
-    // Resume: w1 is resubmitted before w3 is taken.
+    // A resume inside a drained section waits for its end.
+    b.drained_begin();
     b.iostatus_reset();
     d.handle.resume();
+    let until = Instant::now() + Duration::from_millis(100);
+    while Instant::now() < until {
+        assert_eq!(disk.log.lock().unwrap().len(), log_len, "resubmitted inside a drained section");
+        std::thread::yield_now();
+    }
+    // Then w1 is resubmitted before w3 is taken.
+    b.drained_end();
     d.wait_used(3);
     assert_eq!(d.handle.held_requests(), 0);
     let log = disk.log.lock().unwrap().clone();

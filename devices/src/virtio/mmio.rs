@@ -42,7 +42,7 @@ pub struct MmioTransport {
 impl MmioTransport {
     /// `irq` is the eventfd behind the device's interrupt (an irqfd in the
     /// VMM, any eventfd in tests).
-    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemory, irq: EventFd) -> crate::Result<Self> {
+    pub fn new(mut device: Box<dyn VirtioDevice>, mem: GuestMemory, irq: EventFd) -> crate::Result<Self> {
         let mut queues = Vec::new();
         let mut notify = Vec::new();
         for &max in device.queue_max_sizes() {
@@ -51,10 +51,12 @@ impl MmioTransport {
             queues.push(Queue::new(max).map_err(|e| crate::Error::Queue(e.to_string()))?);
             notify.push(EventFd::new(EFD_NONBLOCK).map_err(crate::Error::EventFd)?);
         }
+        let interrupt = Arc::new(Interrupt::new(irq));
+        device.set_interrupt(interrupt.clone());
         Ok(MmioTransport {
             device,
             mem,
-            interrupt: Arc::new(Interrupt::new(irq)),
+            interrupt,
             queues,
             notify,
             status: 0,
@@ -130,9 +132,14 @@ impl MmioTransport {
             // A legacy driver: refuse, the driver sees FEATURES_OK unset.
             value &= !VIRTIO_CONFIG_S_FEATURES_OK;
         }
-        if new & VIRTIO_CONFIG_S_DRIVER_OK != 0 && value & VIRTIO_CONFIG_S_FEATURES_OK != 0 && !self.active {
+        if new & VIRTIO_CONFIG_S_DRIVER_OK != 0 && !self.active {
             self.status = value;
-            self.activate();
+            if value & VIRTIO_CONFIG_S_FEATURES_OK == 0 {
+                // DRIVER_OK without negotiated features: nothing to run.
+                self.interrupt.set_needs_reset();
+            } else {
+                self.activate();
+            }
             return;
         }
         self.status = value;
@@ -143,7 +150,10 @@ impl MmioTransport {
         let mut queues = Vec::with_capacity(self.queues.len());
         let mut notify = Vec::with_capacity(self.queues.len());
         for (q, e) in self.queues.iter().zip(&self.notify) {
-            if !q.is_valid(&self.mem) {
+            // The queue crate refuses to hand out chains from a ring at
+            // address 0, so such a queue could never make progress.
+            let unset = q.desc_table() == 0 || q.avail_ring() == 0 || q.used_ring() == 0;
+            if unset || !q.is_valid(&self.mem) {
                 self.interrupt.set_needs_reset();
                 return;
             }

@@ -54,6 +54,9 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     /// Reads the device-specific config space; out-of-range bytes read 0.
     fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The device's interrupt, given once when the transport is built, for
+    /// config changes that happen before activation (resize).
+    fn set_interrupt(&mut self, _irq: std::sync::Arc<Interrupt>) {}
     /// Writes config space (ignored by devices without writable fields).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Starts processing the queues.

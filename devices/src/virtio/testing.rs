@@ -84,6 +84,12 @@ impl Driver {
     /// Linux's virtio_mmio probe and virtio_blk setup, accepting the offered
     /// features except those in `refuse`.
     pub fn init(&mut self, refuse: u64) {
+        self.init_rings(refuse, [DESC, AVAIL, USED]);
+        assert_eq!(self.r(VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET, 0, "activation failed");
+    }
+
+    /// `init` with the rings' addresses given: [descriptors, avail, used].
+    pub fn init_rings(&mut self, refuse: u64, rings: [u64; 3]) {
         self.w(VIRTIO_MMIO_STATUS, 0);
         self.mem.write_slice(&[0u8; 0x3_0000], GuestAddress(DESC)).unwrap();
         self.next_desc = 0;
@@ -104,15 +110,14 @@ impl Driver {
         self.w(VIRTIO_MMIO_QUEUE_SEL, 0);
         assert_eq!(self.r(VIRTIO_MMIO_QUEUE_NUM_MAX), u32::from(QUEUE_SIZE));
         self.w(VIRTIO_MMIO_QUEUE_NUM, u32::from(QUEUE_SIZE));
-        self.w(VIRTIO_MMIO_QUEUE_DESC_LOW, DESC as u32);
-        self.w(VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
-        self.w(VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL as u32);
-        self.w(VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
-        self.w(VIRTIO_MMIO_QUEUE_USED_LOW, USED as u32);
-        self.w(VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
+        for (i, &addr) in rings.iter().enumerate() {
+            let lo = [VIRTIO_MMIO_QUEUE_DESC_LOW, VIRTIO_MMIO_QUEUE_AVAIL_LOW, VIRTIO_MMIO_QUEUE_USED_LOW][i];
+            self.w(lo, addr as u32);
+            self.w(lo + 4, (addr >> 32) as u32);
+        }
         self.w(VIRTIO_MMIO_QUEUE_READY, 1);
         self.w(VIRTIO_MMIO_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK);
-        assert_eq!(self.r(VIRTIO_MMIO_STATUS), s | VIRTIO_CONFIG_S_DRIVER_OK);
+        assert_eq!(self.r(VIRTIO_MMIO_STATUS) & !VIRTIO_CONFIG_S_NEEDS_RESET, s | VIRTIO_CONFIG_S_DRIVER_OK);
     }
 
     pub fn alloc(&mut self, len: u64) -> u64 {

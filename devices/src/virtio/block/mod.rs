@@ -47,8 +47,22 @@ struct Shared {
     resume: AtomicBool,
     /// Requests held by werror/rerror=stop, for the VMM and tests.
     held: AtomicUsize,
+    /// Times the I/O thread woke up: a diagnostic (an idle device must
+    /// not spin).
+    wakeups: AtomicU64,
     kick: EventFd,
+    /// Set once, when the transport is built: resize raises config
+    /// interrupts through it whether or not the driver is active.
     interrupt: Mutex<Option<Arc<Interrupt>>>,
+    /// Held while the capacity changes together with the config
+    /// generation, and while the driver reads config space: a driver that
+    /// reads the 64-bit capacity in two halves either sees one value or a
+    /// new generation.
+    config_lock: Mutex<()>,
+    /// FLUSH was offered but the driver did not accept it: the spec then
+    /// requires every completed write to be stable, so each write is
+    /// followed by a flush before it completes (QEMU turns the cache off).
+    writethrough: AtomicBool,
 }
 
 impl Shared {
@@ -63,6 +77,7 @@ struct DevOps(Arc<Shared>);
 impl BlockDevOps for DevOps {
     fn resize(&self) {
         let Some(backend) = self.0.backend.upgrade() else { return };
+        let _config = self.0.config_lock.lock().unwrap_or_else(|e| e.into_inner());
         if let Ok(len) = backend.getlength() {
             self.0.capacity.store(len, Ordering::SeqCst);
         }
@@ -105,6 +120,11 @@ impl BlockHandle {
     pub fn held_requests(&self) -> usize {
         self.shared.held.load(Ordering::SeqCst)
     }
+
+    /// How often the I/O thread has woken up so far.
+    pub fn wakeups(&self) -> u64 {
+        self.shared.wakeups.load(Ordering::Relaxed)
+    }
 }
 
 pub struct Block {
@@ -128,8 +148,11 @@ impl Block {
             stop: AtomicBool::new(false),
             resume: AtomicBool::new(false),
             held: AtomicUsize::new(0),
+            wakeups: AtomicU64::new(0),
             kick: EventFd::new(EFD_NONBLOCK).map_err(crate::Error::EventFd)?,
             interrupt: Mutex::new(None),
+            config_lock: Mutex::new(()),
+            writethrough: AtomicBool::new(false),
         });
         let mut features = (1u64 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
@@ -184,8 +207,15 @@ impl VirtioDevice for Block {
         self.features
     }
 
+    fn set_interrupt(&mut self, irq: Arc<Interrupt>) {
+        *self.shared.interrupt.lock().unwrap_or_else(|e| e.into_inner()) = Some(irq);
+    }
+
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config();
+        let c = {
+            let _config = self.shared.config_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.config()
+        };
         for (i, b) in data.iter_mut().enumerate() {
             *b = offset
                 .checked_add(i as u64)
@@ -198,7 +228,9 @@ impl VirtioDevice for Block {
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
         self.reset();
         let ioq = IoQueue::new(self.backend.clone(), self.engine)?;
-        *self.shared.interrupt.lock().unwrap_or_else(|e| e.into_inner()) = Some(a.interrupt.clone());
+        let flush = 1u64 << VIRTIO_BLK_F_FLUSH;
+        let writethrough = self.features & flush != 0 && a.features & flush == 0;
+        self.shared.writethrough.store(writethrough, Ordering::SeqCst);
         self.shared.stop.store(false, Ordering::SeqCst);
         self.shared.resume.store(false, Ordering::SeqCst);
         let w = worker::Worker::new(a, ioq, self.shared.clone(), self.serial.clone()).map_err(ActivateError::EventFd)?;
@@ -214,7 +246,6 @@ impl VirtioDevice for Block {
             self.shared.wake();
             let _ = w.join();
         }
-        *self.shared.interrupt.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.shared.held.store(0, Ordering::SeqCst);
     }
 }

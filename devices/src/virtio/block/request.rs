@@ -35,8 +35,9 @@ pub const ID_BYTES: usize = 20;
 pub struct Head {
     pub index: u16,
     pub status: GuestAddress,
-    /// Bytes the device may have written: every writable byte, as QEMU
-    /// reports it.
+    /// Bytes written into the chain: the status byte, plus the data of a
+    /// read (all of it, even when the read fails part way, as QEMU) or the
+    /// ID of GET_ID.
     pub used_len: u32,
 }
 
@@ -162,9 +163,7 @@ where
         return Err(Broken);
     }
     let first_writable = descs.iter().position(|d| d.is_write_only()).unwrap_or(descs.len());
-    // The iterator caps a chain at 4 GiB in total, so this fits.
-    let used_len: u32 = descs[first_writable..].iter().map(|d| d.len()).sum();
-    let head = Head { index, status, used_len };
+    let mut head = Head { index, status, used_len: 1 };
 
     // From here on, every problem is reported through the status byte.
     let seg = |d: &Descriptor| (d.addr(), u64::from(d.len()));
@@ -206,7 +205,13 @@ where
             match offset {
                 _ if op == ReqOp::Write && limits.read_only => ioerr(),
                 Some(offset) if len.is_multiple_of(SECTOR) && in_range(offset, len) => match host_iov(mem, data) {
-                    Some(iov) => Parsed::Io { op, offset, len, iov },
+                    Some(iov) => {
+                        if op == ReqOp::Read {
+                            // len <= MAX_REQUEST_BYTES, which fits in u32.
+                            head.used_len += len as u32;
+                        }
+                        Parsed::Io { op, offset, len, iov }
+                    }
                     None => ioerr(),
                 },
                 _ => ioerr(),
@@ -219,7 +224,10 @@ where
             id[..n].copy_from_slice(&limits.serial[..n]);
             let room = (total(&writable) as usize).min(ID_BYTES);
             match scatter(mem, &writable, &id[..room]) {
-                Some(()) => Parsed::Done(VIRTIO_BLK_S_OK as u8),
+                Some(()) => {
+                    head.used_len += room as u32;
+                    Parsed::Done(VIRTIO_BLK_S_OK as u8)
+                }
                 None => ioerr(),
             }
         }

@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use ::block::{Completion, ErrorAction, Errno, IoQueue, Request};
+use ::block::{Completion, ErrorAction, Errno, IoQueue, ReqOp, Request};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
@@ -30,10 +30,12 @@ struct InFlight {
     req: Request,
     /// Submission order, which the retry list keeps.
     seq: u64,
+    /// Write-through mode: the write is done and its flush is in flight.
+    flushing: bool,
 }
 
 pub(super) struct Worker {
-    mem: GuestMemory,
+    mem: Arc<GuestMemory>,
     queue: Queue,
     notify: EventFd,
     interrupt: Arc<Interrupt>,
@@ -60,7 +62,7 @@ impl Worker {
         let queue = a.queues.pop().ok_or_else(|| std::io::Error::other("no queue"))?;
         let notify = a.notify.pop().ok_or_else(|| std::io::Error::other("no notify eventfd"))?;
         Ok(Worker {
-            mem: a.mem,
+            mem: Arc::new(a.mem),
             queue,
             notify,
             interrupt: a.interrupt,
@@ -91,10 +93,14 @@ impl Worker {
             self.step();
             match epoll.wait(-1, &mut events) {
                 Ok(n) => {
+                    self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
+                    // Level-triggered: every eventfd that woke us is read,
+                    // or the next wait returns at once.
                     for ev in &events[..n] {
                         match ev.data() {
                             NOTIFY => drop(self.notify.read()),
                             KICK => drop(self.shared.kick.read()),
+                            COMPLETIONS => drop(self.ioq.on_event(&mut self.done)),
                             _ => {}
                         }
                     }
@@ -102,6 +108,7 @@ impl Worker {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     eprintln!("virtio-blk: epoll: {e}");
+                    self.interrupt.set_needs_reset();
                     break;
                 }
             }
@@ -130,7 +137,9 @@ impl Worker {
     /// most one interrupt.
     pub(super) fn step(&mut self) {
         self.complete_ready();
-        if self.shared.resume.swap(false, Ordering::SeqCst) {
+        // Held requests are new I/O for the block layer: not inside a
+        // drained section (drained_end wakes us and the flag is still set).
+        if !self.shared.quiesced.load(Ordering::SeqCst) && self.shared.resume.swap(false, Ordering::SeqCst) {
             self.resubmit_held();
         }
         if self.may_take_requests() {
@@ -152,26 +161,37 @@ impl Worker {
     }
 
     fn take_requests(&mut self) {
+        let mut more_expected = false;
         loop {
             // With EVENT_IDX this tells the driver not to notify while we
             // are busy; without it, it sets VRING_USED_F_NO_NOTIFY.
-            let _ = self.queue.disable_notification(&self.mem);
+            let _ = self.queue.disable_notification(&*self.mem);
             if !self.avail_index_sane() {
                 self.break_device();
                 return;
             }
+            let mut took = false;
             while self.may_take_requests() {
+                // An Arc clone, so the chain does not borrow `self`.
                 let mem = self.mem.clone();
-                let Some(chain) = self.queue.pop_descriptor_chain(&mem) else { break };
+                let Some(chain) = self.queue.pop_descriptor_chain(&*mem) else { break };
                 self.handle(chain);
+                took = true;
+            }
+            if more_expected && !took && self.may_take_requests() {
+                // The avail index says there is more, yet the queue hands
+                // out nothing (virtio-queue refuses some rings, e.g. at
+                // address 0): without this the loop would never end.
+                self.break_device();
+                return;
             }
             self.ioq.flush_submissions();
             if !self.may_take_requests() {
                 return;
             }
-            match self.queue.enable_notification(&self.mem) {
+            match self.queue.enable_notification(&*self.mem) {
                 // More arrived while notifications were off.
-                Ok(true) => continue,
+                Ok(true) => more_expected = true,
                 _ => return,
             }
         }
@@ -179,7 +199,7 @@ impl Worker {
 
     /// The driver can only be ahead by at most a ring's worth of entries.
     fn avail_index_sane(&self) -> bool {
-        match self.queue.avail_idx(&self.mem, Ordering::Acquire) {
+        match self.queue.avail_idx(&*self.mem, Ordering::Acquire) {
             Ok(idx) => (idx - Wrapping(self.queue.next_avail())).0 <= self.queue.size(),
             Err(_) => false,
         }
@@ -196,7 +216,7 @@ impl Worker {
             read_only: self.ioq.backend().is_read_only(),
             serial: &self.serial,
         };
-        match request::parse(&self.mem, chain, &limits) {
+        match request::parse(&*self.mem, chain, &limits) {
             Err(request::Broken) => self.break_device(),
             Ok((head, Parsed::Done(status))) => self.complete(head, status),
             Ok((head, Parsed::Io { op, offset, len, iov })) => {
@@ -206,7 +226,7 @@ impl Worker {
                 });
                 let req = Request { op, offset, len, iov, token: slot as u64 };
                 self.submit(&req);
-                self.slots[slot] = Some(InFlight { head, req, seq: self.next_seq });
+                self.slots[slot] = Some(InFlight { head, req, seq: self.next_seq, flushing: false });
                 self.next_seq += 1;
             }
         }
@@ -220,6 +240,8 @@ impl Worker {
         unsafe { self.ioq.submit(req.clone()) };
     }
 
+    /// Finishes what `on_event` already collected and whatever `poll`
+    /// finds now.
     fn complete_ready(&mut self) {
         self.ioq.poll(&mut self.done);
         let done = std::mem::take(&mut self.done);
@@ -231,7 +253,15 @@ impl Worker {
     }
 
     fn finish(&mut self, slot: usize, result: Result<(), Errno>) {
-        let Some(f) = self.slots.get_mut(slot).and_then(Option::take) else { return };
+        let Some(mut f) = self.slots.get_mut(slot).and_then(Option::take) else { return };
+        let is_write = matches!(f.req.op, ReqOp::Write | ReqOp::WriteZeroes { .. });
+        if result.is_ok() && is_write && !f.flushing && self.shared.writethrough.load(Ordering::Relaxed) {
+            // Stable before it completes: flush, then complete.
+            f.flushing = true;
+            self.slots[slot] = Some(f);
+            self.submit(&Request::flush(slot as u64));
+            return;
+        }
         let status = match result {
             Ok(()) => VIRTIO_BLK_S_OK,
             Err(errno) => match self.ioq.backend().handle_error(f.req.op.is_read(), errno) {
@@ -258,7 +288,11 @@ impl Worker {
         let held = std::mem::take(&mut self.retry);
         self.shared.held.store(0, Ordering::SeqCst);
         for slot in held {
-            if let Some(req) = self.slots[slot].as_ref().map(|f| f.req.clone()) {
+            // The whole request again, its write included when it was the
+            // write-through flush that failed.
+            if let Some(f) = self.slots[slot].as_mut() {
+                f.flushing = false;
+                let req = f.req.clone();
                 self.submit(&req);
             }
         }
@@ -269,7 +303,7 @@ impl Worker {
         // Both addresses were checked against guest RAM; a failure here
         // would be a driver racing its own ring, and changes nothing for us.
         let _ = self.mem.write_obj(status, head.status);
-        if self.queue.add_used(&self.mem, head.index, head.used_len).is_ok() {
+        if self.queue.add_used(&*self.mem, head.index, head.used_len).is_ok() {
             self.used_added = true;
         }
     }
@@ -279,7 +313,7 @@ impl Worker {
             return;
         }
         self.used_added = false;
-        if self.queue.needs_notification(&self.mem).unwrap_or(true) {
+        if self.queue.needs_notification(&*self.mem).unwrap_or(true) {
             self.interrupt.signal_used();
         }
     }
