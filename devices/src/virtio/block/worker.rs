@@ -216,7 +216,7 @@ impl Worker {
             read_only: self.ioq.backend().is_read_only(),
             serial: &self.serial,
         };
-        match request::parse(&*self.mem, chain, &limits) {
+        match request::parse(&self.mem, chain, &limits) {
             Err(request::Broken) => self.break_device(),
             Ok((head, Parsed::Done(status))) => self.complete(head, status),
             Ok((head, Parsed::Io { op, offset, len, iov })) => {
