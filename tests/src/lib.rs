@@ -245,8 +245,11 @@ pub fn l1_command_with(body: &str, extra_bins: &[&Path], extra_files: &[&Path]) 
     let mut archive = std::fs::read(images().join("l1-base.cpio")).expect("reading l1-base.cpio");
     archive.extend_from_slice(&overlay(body, extra_bins, extra_files));
     std::fs::write(&initrd, archive).expect("writing the L1 initrd");
+    // One vCPU for tests; benchmarks may ask for more (VMM_L1_CPUS) so that
+    // a VMM's I/O thread need not share L1's only CPU with the guest.
+    let cpus = std::env::var("VMM_L1_CPUS").ok().filter(|c| c.parse::<u8>().is_ok_and(|n| n > 0)).unwrap_or("1".into());
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-M", "q35", "-cpu", "EPYC", "-smp", "1", "-m", "2G"])
+    cmd.args(["-accel", "tcg,thread=multi", "-M", "q35", "-cpu", "EPYC", "-smp", &cpus, "-m", "2G"])
         .args(["-display", "none", "-no-reboot", "-nodefaults", "-serial", "stdio"])
         .arg("-kernel")
         .arg(images().join("vmlinuz"))
