@@ -13,7 +13,6 @@ use std::num::Wrapping;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use ::block::{Completion, ErrorAction, Errno, IoQueue, ReqOp, Request};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
@@ -54,10 +53,6 @@ pub(super) struct Worker {
     broken: bool,
 }
 
-/// How long an I/O thread with requests in flight polls before sleeping;
-/// QEMU's default poll-max-ns for iothreads is 32 µs.
-const POLL_TIME: Duration = Duration::from_micros(32);
-
 const NOTIFY: u64 = 0;
 const COMPLETIONS: u64 = 1;
 const KICK: u64 = 2;
@@ -96,9 +91,6 @@ impl Worker {
         let mut events = [EpollEvent::default(); 4];
         while !self.shared.stop.load(Ordering::SeqCst) {
             self.step();
-            if self.poll_briefly() {
-                continue;
-            }
             match epoll.wait(-1, &mut events) {
                 Ok(n) => {
                     self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
@@ -126,37 +118,6 @@ impl Worker {
         self.done.clear();
         self.ioq.drain(&mut self.done);
         self.shared.held.store(0, Ordering::SeqCst);
-    }
-
-    /// While requests are in flight, spins up to `POLL_TIME` for a
-    /// completion or a new request before going to sleep, as QEMU's
-    /// iothreads do (poll-max-ns): a sleep and an eventfd wakeup per
-    /// completion cost more than the wait itself when the storage answers
-    /// in microseconds. An idle device does not spin. Returns true when
-    /// there is work.
-    fn poll_briefly(&mut self) -> bool {
-        if self.ioq.pending() == 0 {
-            return false;
-        }
-        let deadline = Instant::now() + POLL_TIME;
-        loop {
-            for _ in 0..64 {
-                if self.ioq.poll(&mut self.done) > 0 || self.shared.stop.load(Ordering::Relaxed) {
-                    return true;
-                }
-                let more = self
-                    .queue
-                    .avail_idx(&*self.mem, Ordering::Acquire)
-                    .is_ok_and(|idx| idx.0 != self.queue.next_avail());
-                if more && self.may_take_requests() {
-                    return true;
-                }
-                std::hint::spin_loop();
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-        }
     }
 
     fn epoll(&self) -> std::io::Result<Epoll> {
