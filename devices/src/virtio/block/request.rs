@@ -62,13 +62,23 @@ pub struct Limits<'a> {
 
 type Seg = (GuestAddress, u64);
 
+/// Buffers `parse` reuses from one request to the next, so that parsing
+/// allocates nothing once they have grown (the I/O thread owns one).
+#[derive(Default)]
+pub struct Scratch {
+    descs: Vec<Descriptor>,
+    readable: Vec<Seg>,
+    writable: Vec<Seg>,
+    out: Vec<Seg>,
+}
+
 fn ioerr() -> Parsed {
     Parsed::Done(VIRTIO_BLK_S_IOERR as u8)
 }
 
-/// Drops the first `n` bytes of `segs`.
-fn skip(segs: &[Seg], mut n: u64) -> Vec<Seg> {
-    let mut out = Vec::with_capacity(segs.len());
+/// `segs` without their first `n` bytes, into `out`.
+fn skip(segs: &[Seg], mut n: u64, out: &mut Vec<Seg>) {
+    out.clear();
     for &(a, l) in segs {
         if n >= l {
             n -= l;
@@ -78,7 +88,6 @@ fn skip(segs: &[Seg], mut n: u64) -> Vec<Seg> {
         out.push((a.unchecked_add(n), l - n));
         n = 0;
     }
-    out
 }
 
 fn total(segs: &[Seg]) -> u64 {
@@ -126,12 +135,12 @@ fn host_iov(mem: &GuestMemory, segs: &[Seg]) -> Option<Vec<IoVec>> {
 /// Reads the chain's descriptors. Broken when the chain does not end
 /// properly: the iterator stops silently on loops (its TTL), bad indexes
 /// and bad indirect tables, and what it yielded last still says NEXT.
-fn descriptors<M>(chain: DescriptorChain<M>) -> Result<Vec<Descriptor>, Broken>
+fn descriptors<M>(chain: DescriptorChain<M>, v: &mut Vec<Descriptor>) -> Result<(), Broken>
 where
     M: std::ops::Deref,
     M::Target: vm_memory::GuestMemory,
 {
-    let mut v = Vec::with_capacity(4);
+    v.clear();
     for d in chain {
         if v.len() == MAX_DESCRIPTORS {
             return Err(Broken);
@@ -139,18 +148,24 @@ where
         v.push(d);
     }
     match v.last() {
-        Some(d) if !d.has_next() => Ok(v),
+        Some(d) if !d.has_next() => Ok(()),
         _ => Err(Broken),
     }
 }
 
-pub fn parse<M>(mem: &GuestMemory, chain: DescriptorChain<M>, limits: &Limits) -> Result<(Head, Parsed), Broken>
+pub fn parse<M>(
+    mem: &GuestMemory,
+    chain: DescriptorChain<M>,
+    limits: &Limits,
+    scratch: &mut Scratch,
+) -> Result<(Head, Parsed), Broken>
 where
     M: std::ops::Deref,
     M::Target: vm_memory::GuestMemory,
 {
     let index = chain.head_index();
-    let descs = descriptors(chain)?;
+    let Scratch { descs, readable, writable, out } = scratch;
+    descriptors(chain, descs)?;
 
     // The status byte: the last byte of the last descriptor, which must be
     // writable and in RAM.
@@ -166,9 +181,12 @@ where
     let mut head = Head { index, status, used_len: 1 };
 
     // From here on, every problem is reported through the status byte.
+    // Buffers outside RAM are found where they are used: `host_iov`,
+    // `gather` and `scatter` fail on them.
     let seg = |d: &Descriptor| (d.addr(), u64::from(d.len()));
-    let readable: Vec<Seg> = descs[..first_writable].iter().map(seg).collect();
-    let mut writable: Vec<Seg> = Vec::with_capacity(descs.len() - first_writable);
+    readable.clear();
+    readable.extend(descs[..first_writable].iter().map(seg));
+    writable.clear();
     for d in &descs[first_writable..] {
         if !d.is_write_only() {
             // A readable descriptor after a writable one: wrong direction.
@@ -181,17 +199,16 @@ where
         l.1 -= 1;
     }
     writable.retain(|s| s.1 > 0);
-    if readable.iter().chain(&writable).any(|&(a, l)| mem.get_slice(a, l as usize).is_err()) {
-        return Ok((head, ioerr()));
-    }
+    let (readable, writable) = (&*readable, &*writable);
 
     let mut hdr = [0u8; HEADER_LEN as usize];
-    if gather(mem, &readable, &mut hdr).is_none() {
+    if gather(mem, readable, &mut hdr).is_none() {
         return Ok((head, ioerr()));
     }
     let req_type = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
     let sector = u64::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11], hdr[12], hdr[13], hdr[14], hdr[15]]);
-    let out = skip(&readable, HEADER_LEN);
+    skip(readable, HEADER_LEN, out);
+    let out = &*out;
 
     let in_range = |offset: u64, len: u64| {
         len <= ::block::backend::MAX_REQUEST_BYTES
@@ -199,7 +216,7 @@ where
     };
     let parsed = match req_type {
         VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
-            let (op, data) = if req_type == VIRTIO_BLK_T_IN { (ReqOp::Read, &writable) } else { (ReqOp::Write, &out) };
+            let (op, data) = if req_type == VIRTIO_BLK_T_IN { (ReqOp::Read, writable) } else { (ReqOp::Write, out) };
             let len = total(data);
             let offset = sector.checked_mul(SECTOR);
             match offset {
@@ -222,8 +239,8 @@ where
             let mut id = [0u8; ID_BYTES];
             let n = limits.serial.len().min(ID_BYTES);
             id[..n].copy_from_slice(&limits.serial[..n]);
-            let room = (total(&writable) as usize).min(ID_BYTES);
-            match scatter(mem, &writable, &id[..room]) {
+            let room = (total(writable) as usize).min(ID_BYTES);
+            match scatter(mem, writable, &id[..room]) {
                 Some(()) => {
                     head.used_len += room as u32;
                     Parsed::Done(VIRTIO_BLK_S_OK as u8)
@@ -235,7 +252,7 @@ where
             let zeroes = req_type == VIRTIO_BLK_T_WRITE_ZEROES;
             let mut seg = [0u8; 16];
             // One segment only (max_*_seg = 1 in the config space).
-            if total(&out) != 16 || gather(mem, &out, &mut seg).is_none() {
+            if total(out) != 16 || gather(mem, out, &mut seg).is_none() {
                 ioerr()
             } else {
                 let sector = u64::from_le_bytes(seg[0..8].try_into().unwrap_or_default());
@@ -272,10 +289,15 @@ mod tests {
     #[test]
     fn skip_drops_whole_and_partial_segments() {
         let segs = [(GuestAddress(0x1000), 10), (GuestAddress(0x2000), 20)];
-        assert_eq!(skip(&segs, 0), segs.to_vec());
-        assert_eq!(skip(&segs, 10), vec![(GuestAddress(0x2000), 20)]);
-        assert_eq!(skip(&segs, 16), vec![(GuestAddress(0x2006), 14)]);
-        assert!(skip(&segs, 30).is_empty());
-        assert!(skip(&segs, 31).is_empty());
+        let skipped = |n| {
+            let mut out = vec![(GuestAddress(0), 1)];
+            skip(&segs, n, &mut out);
+            out
+        };
+        assert_eq!(skipped(0), segs.to_vec());
+        assert_eq!(skipped(10), vec![(GuestAddress(0x2000), 20)]);
+        assert_eq!(skipped(16), vec![(GuestAddress(0x2006), 14)]);
+        assert!(skipped(30).is_empty());
+        assert!(skipped(31).is_empty());
     }
 }

@@ -48,6 +48,7 @@ pub(super) struct Worker {
     retry: Vec<usize>,
     next_seq: u64,
     done: Vec<Completion>,
+    scratch: request::Scratch,
     used_added: bool,
     /// The driver broke the ring: nothing more is taken until a reset.
     broken: bool,
@@ -74,6 +75,7 @@ impl Worker {
             retry: Vec::new(),
             next_seq: 0,
             done: Vec::new(),
+            scratch: request::Scratch::default(),
             used_added: false,
             broken: false,
         })
@@ -216,7 +218,7 @@ impl Worker {
             read_only: self.ioq.backend().is_read_only(),
             serial: &self.serial,
         };
-        match request::parse(&self.mem, chain, &limits) {
+        match request::parse(&self.mem, chain, &limits, &mut self.scratch) {
             Err(request::Broken) => self.break_device(),
             Ok((head, Parsed::Done(status))) => self.complete(head, status),
             Ok((head, Parsed::Io { op, offset, len, iov })) => {
