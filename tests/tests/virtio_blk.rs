@@ -2,7 +2,8 @@
 //! with O_DIRECT is in the host image byte for byte, `sync` reaches the
 //! block layer as FLUSH, readonly=on is enforced and visible, discard frees
 //! host blocks, GET_ID carries the serial, the driver can be unloaded and
-//! loaded again (device reset and re-activation), and eight disks work.
+//! loaded again (device reset and re-activation), eight disks work, and
+//! werror=report/ignore/enospc do what QEMU's do on a real ENOSPC.
 
 use std::time::Duration;
 
@@ -135,4 +136,50 @@ fn blkdiscard_reload_and_eight_disks() {
     let after: u64 = run.expect_value("ALLOC-AFTER").parse().expect("number");
     assert!(before >= 16 * 1024, "the image was not filled: {before} KiB\n{log}");
     assert!(after < before / 4, "discard did not free host blocks: {before} KiB -> {after} KiB\n{log}");
+}
+
+/// werror in the real VMM with a real ENOSPC: the image lives on a 2 MiB
+/// tmpfs and the guest writes 8 MiB. report: the guest's write fails and it
+/// carries on; ignore: the guest sees success; enospc (the default, like
+/// stop for ENOSPC): the VM pauses in the io-error state, and a signal
+/// still ends the VMM cleanly.
+#[test]
+fn werror_policies_on_a_full_host_filesystem() {
+    let guest = "yes enospc | head -c 8388608 >/tmp/p; dd if=/tmp/p of=/dev/vda bs=1M oflag=direct 2>/dev/null; \
+                 echo DD-RC=$?";
+    let vmm = |werror: &str| vmm_command(&format!("--drive if=virtio,file=$WORK/small/d.raw,werror={werror}"), guest);
+    let script = format!(
+        r#"mkdir -p $WORK/small && mount -t tmpfs -o size=2M tmpfs $WORK/small
+fresh() {{ rm -f $WORK/small/d.raw; truncate -s 64M $WORK/small/d.raw; }}
+fresh; {report} 2>$WORK/err-report | sed 's/^/REPORT: /'
+grep -c "write error" $WORK/err-report | sed 's/^/REPORT-EVENTS=/'
+fresh; {ignore} 2>$WORK/err-ignore | sed 's/^/IGNORE: /'
+fresh; {stop} 2>$WORK/err-stop >$WORK/out-stop &
+pid=$!
+for i in $(seq 120); do grep -q "VM paused" $WORK/err-stop && break; sleep 1; done
+grep -q "VM paused" $WORK/err-stop && echo STOP-PAUSED=yes
+grep -q "DD-RC" $WORK/out-stop && echo STOP-GUEST-FINISHED=yes
+kill -TERM $pid; wait $pid; echo STOP-EXIT=$?
+cat $WORK/err-stop"#,
+        report = vmm("report"),
+        ignore = vmm("ignore"),
+        stop = vmm("enospc"),
+    );
+    let run = run_scenario(&script, TIMEOUT);
+    let log = run.log();
+    let line_value = |prefix: &str, key: &str| {
+        run.lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .find_map(|l| l.trim().strip_prefix(&format!("{key}=")).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {prefix}{key}=\n{log}"))
+    };
+    assert_ne!(line_value("REPORT: ", "DD-RC"), "0", "werror=report: the guest's write must fail\n{log}");
+    assert_eq!(line_value("REPORT: ", "VMM-GUEST-RC"), "0", "{log}");
+    assert!(run.expect_value("REPORT-EVENTS").parse::<u32>().unwrap_or(0) >= 1, "no BLOCK_IO_ERROR\n{log}");
+    assert_eq!(line_value("IGNORE: ", "DD-RC"), "0", "werror=ignore: the guest must see success\n{log}");
+    assert_eq!(run.expect_value("STOP-PAUSED"), "yes", "{log}");
+    assert_eq!(run.value("STOP-GUEST-FINISHED"), None, "the guest ran on after the stop\n{log}");
+    assert_eq!(run.expect_value("STOP-EXIT"), "0", "{log}");
+    assert!(run.has_line("action Stop"), "{log}");
 }
