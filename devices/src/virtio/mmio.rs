@@ -145,7 +145,9 @@ impl MmioTransport {
         self.status = value;
     }
 
-    fn activate(&mut self) {
+    /// The device's copies of the queues and their notification eventfds,
+    /// or None when a queue cannot run.
+    fn queues_for_device(&self) -> Option<(Vec<Queue>, Vec<EventFd>)> {
         let event_idx = self.driver_features & (1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
         let mut notify = Vec::with_capacity(self.queues.len());
@@ -154,24 +156,22 @@ impl MmioTransport {
             // address 0, so such a queue could never make progress.
             let unset = q.desc_table() == 0 || q.avail_ring() == 0 || q.used_ring() == 0;
             if unset || !q.is_valid(&self.mem) {
-                self.interrupt.set_needs_reset();
-                return;
+                return None;
             }
             // The transport keeps its copy for the registers.
-            let Ok(mut q) = Queue::try_from(q.state()) else {
-                self.interrupt.set_needs_reset();
-                return;
-            };
+            let mut q = Queue::try_from(q.state()).ok()?;
             q.set_event_idx(event_idx);
             queues.push(q);
-            match e.try_clone() {
-                Ok(e) => notify.push(e),
-                Err(_) => {
-                    self.interrupt.set_needs_reset();
-                    return;
-                }
-            }
+            notify.push(e.try_clone().ok()?);
         }
+        Some((queues, notify))
+    }
+
+    fn activate(&mut self) {
+        let Some((queues, notify)) = self.queues_for_device() else {
+            self.interrupt.set_needs_reset();
+            return;
+        };
         let a = Activation {
             mem: self.mem.clone(),
             queues,

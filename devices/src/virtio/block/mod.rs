@@ -11,7 +11,7 @@ mod request;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 
 use ::block::{AioEngine, BlockBackend, BlockDevOps, IoQueue};
@@ -53,7 +53,7 @@ struct Shared {
     kick: EventFd,
     /// Set once, when the transport is built: resize raises config
     /// interrupts through it whether or not the driver is active.
-    interrupt: Mutex<Option<Arc<Interrupt>>>,
+    interrupt: OnceLock<Arc<Interrupt>>,
     /// Held while the capacity changes together with the config
     /// generation, and while the driver reads config space: a driver that
     /// reads the 64-bit capacity in two halves either sees one value or a
@@ -81,8 +81,7 @@ impl BlockDevOps for DevOps {
         if let Ok(len) = backend.getlength() {
             self.0.capacity.store(len, Ordering::SeqCst);
         }
-        let irq = self.0.interrupt.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(irq) = irq {
+        if let Some(irq) = self.0.interrupt.get() {
             irq.signal_config();
         }
     }
@@ -150,7 +149,7 @@ impl Block {
             held: AtomicUsize::new(0),
             wakeups: AtomicU64::new(0),
             kick: EventFd::new(EFD_NONBLOCK).map_err(crate::Error::EventFd)?,
-            interrupt: Mutex::new(None),
+            interrupt: OnceLock::new(),
             config_lock: Mutex::new(()),
             writethrough: AtomicBool::new(false),
         });
@@ -208,7 +207,8 @@ impl VirtioDevice for Block {
     }
 
     fn set_interrupt(&mut self, irq: Arc<Interrupt>) {
-        *self.shared.interrupt.lock().unwrap_or_else(|e| e.into_inner()) = Some(irq);
+        // A transport gives it once; a second call changes nothing.
+        let _ = self.shared.interrupt.set(irq);
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -244,9 +244,9 @@ impl VirtioDevice for Block {
         if let Some(w) = self.worker.take() {
             self.shared.stop.store(true, Ordering::SeqCst);
             self.shared.wake();
+            // The thread clears `held` as it drops its retry list.
             let _ = w.join();
         }
-        self.shared.held.store(0, Ordering::SeqCst);
     }
 }
 

@@ -227,19 +227,20 @@ impl Worker {
                     self.slots.len() - 1
                 });
                 let req = Request { op, offset, len, iov, token: slot as u64 };
-                self.submit(&req);
+                // The copy stays for a retry under a stop policy.
+                self.submit(req.clone());
                 self.slots[slot] = Some(InFlight { head, req, seq: self.next_seq, flushing: false });
                 self.next_seq += 1;
             }
         }
     }
 
-    fn submit(&mut self, req: &Request) {
+    fn submit(&mut self, req: Request) {
         // SAFETY: the buffers are guest RAM (checked by `parse`), which
         // outlives this thread; the driver does not touch a buffer it has
         // made available until it is in the used ring, and a device reset
         // drains the queue before returning.
-        unsafe { self.ioq.submit(req.clone()) };
+        unsafe { self.ioq.submit(req) };
     }
 
     /// Finishes what `on_event` already collected and whatever `poll`
@@ -261,7 +262,7 @@ impl Worker {
             // Stable before it completes: flush, then complete.
             f.flushing = true;
             self.slots[slot] = Some(f);
-            self.submit(&Request::flush(slot as u64));
+            self.submit(Request::flush(slot as u64));
             return;
         }
         let status = match result {
@@ -295,7 +296,7 @@ impl Worker {
             if let Some(f) = self.slots[slot].as_mut() {
                 f.flushing = false;
                 let req = f.req.clone();
-                self.submit(&req);
+                self.submit(req);
             }
         }
         self.ioq.flush_submissions();
