@@ -111,12 +111,25 @@ const DONE_MARKER: &str = "E2E-SCENARIO-DONE";
 /// Runs `script` and returns its output once it printed the done marker.
 /// Fails (with the log) when it does not within `timeout`.
 pub fn run_scenario(script: &str, timeout: Duration) -> Run {
+    run_scenario_with(script, timeout, &[], &[])
+}
+
+/// `run_scenario` for scenarios that need more host programs or files
+/// (QEMU and its firmware for side-by-side benchmarks): nested, they are
+/// copied into L1 at their host paths; directly, they are already there.
+pub fn run_scenario_with(script: &str, timeout: Duration, extra_bins: &[&Path], extra_files: &[&Path]) -> Run {
     let body = format!("{script}\necho {DONE_MARKER}\n");
     if hardware_kvm() {
         run_direct(&body, timeout)
     } else {
-        run_nested(&body, timeout)
+        run_nested(&body, timeout, extra_bins, extra_files)
     }
+}
+
+/// The median of `v` (the upper one for an even count); None when empty.
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len() / 2).copied()
 }
 
 fn run_direct(body: &str, timeout: Duration) -> Run {
@@ -259,8 +272,8 @@ pub fn l1_command_with(body: &str, extra_bins: &[&Path], extra_files: &[&Path]) 
     (cmd, work)
 }
 
-fn run_nested(body: &str, timeout: Duration) -> Run {
-    let (mut cmd, work) = l1_command(body);
+fn run_nested(body: &str, timeout: Duration, extra_bins: &[&Path], extra_files: &[&Path]) -> Run {
+    let (mut cmd, work) = l1_command_with(body, extra_bins, extra_files);
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

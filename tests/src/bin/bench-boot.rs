@@ -11,7 +11,10 @@
 //! Usage: cargo run --release -p e2e --bin bench-boot [-- RUNS]
 
 use std::path::Path;
-use std::process::Stdio;
+use std::time::Duration;
+
+/// Generous: each boot takes seconds, L1 itself about 20 s.
+const TIMEOUT: Duration = Duration::from_secs(3600);
 
 fn main() {
     let runs: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(3);
@@ -43,20 +46,9 @@ for i in $(seq {runs}); do
 done
 "#
     );
-    let body = format!("{script}\necho E2E-SCENARIO-DONE\n");
-    let out = if e2e::hardware_kvm() {
-        let s = script.replace("$VMM", &e2e::vmm_binary().display().to_string()).replace("$IMAGES", &e2e::images().display().to_string());
-        std::process::Command::new("sh").arg("-c").arg(s).stderr(Stdio::inherit()).output()
-    } else {
-        let (mut cmd, work) = e2e::l1_command_with(&body, &[qemu], &firmware);
-        let o = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output();
-        let _ = std::fs::remove_dir_all(work);
-        o
-    }
-    .expect("running the benchmark");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let run = e2e::run_scenario_with(&script, TIMEOUT, &[qemu], &firmware);
     let mut rows: Vec<(String, f64, u64)> = Vec::new();
-    for line in text.lines().filter(|l| l.starts_with("BENCH ")) {
+    for line in run.lines.iter().filter(|l| l.starts_with("BENCH ")) {
         let get = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}=")).map(str::to_string));
         let (Some(name), Some(t0), Some(t1)) = (get("name"), get("start"), get("ready")) else { continue };
         let secs = t1.parse::<f64>().unwrap_or(0.0) - t0.parse::<f64>().unwrap_or(0.0);
@@ -65,15 +57,11 @@ done
         println!("{name:5} boot-to-init {secs:6.2} s   peak RSS {rss}");
         rows.push((name, secs, hwm.unwrap_or(0)));
     }
-    let median = |name: &str| {
-        let mut v: Vec<f64> = rows.iter().filter(|r| r.0 == name).map(|r| r.1).collect();
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        v.get(v.len() / 2).copied()
-    };
+    let median = |name: &str| e2e::median(rows.iter().filter(|r| r.0 == name).map(|r| r.1).collect());
     match (median("ours"), median("qemu")) {
         (Some(o), Some(q)) => println!("median boot-to-init: ours {o:.2} s, qemu microvm {q:.2} s, ours/qemu = {:.2}", o / q),
         _ => {
-            eprintln!("bench-boot: missing results; L1 console:\n{text}");
+            eprintln!("bench-boot: missing results; output:\n{}", run.log());
             std::process::exit(1);
         }
     }

@@ -14,12 +14,10 @@
 //! Usage: cargo run --release -p e2e --bin bench-virtio-blk [-- RUNS SECONDS]
 
 use std::path::Path;
-use std::process::Stdio;
+use std::time::Duration;
 
-fn median(mut v: Vec<f64>) -> Option<f64> {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    v.get(v.len() / 2).copied()
-}
+/// Generous: RUNS x 4 guests of 2 fio jobs, each a few seconds over SECONDS.
+const TIMEOUT: Duration = Duration::from_secs(3600);
 
 fn main() {
     let args: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
@@ -66,25 +64,11 @@ done
 "#,
         initrd = initrd.display()
     );
-    let out = if e2e::hardware_kvm() {
-        let s = script
-            .replace("$VMM", &e2e::vmm_binary().display().to_string())
-            .replace("$IMAGES", &e2e::images().display().to_string())
-            .replace("$WORK", &dir.display().to_string());
-        std::process::Command::new("sh").arg("-c").arg(s).stderr(Stdio::inherit()).output()
-    } else {
-        let body = format!("{script}\necho E2E-SCENARIO-DONE\n");
-        let (mut cmd, work) = e2e::l1_command_with(&body, &[qemu], &[firmware[0], firmware[1], &initrd]);
-        let o = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output();
-        let _ = std::fs::remove_dir_all(work);
-        o
-    }
-    .expect("running the benchmark");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let run = e2e::run_scenario_with(&script, TIMEOUT, &[qemu], &[firmware[0], firmware[1], &initrd]);
 
     // fio terse v3: field 3 job name, 7 read bandwidth (KiB/s), 8 read IOPS.
     let mut rows: Vec<(String, String, f64, f64)> = Vec::new();
-    for line in text.lines().filter_map(|l| l.trim_end_matches('\r').strip_prefix("FIO vmm=")) {
+    for line in run.lines.iter().filter_map(|l| l.strip_prefix("FIO vmm=")) {
         let (who, terse) = line.split_once(' ').unwrap_or(("", ""));
         let f: Vec<&str> = terse.split(';').collect();
         let (Some(job), Some(bw), Some(iops)) = (f.get(2), f.get(6), f.get(7)) else { continue };
@@ -95,7 +79,7 @@ done
     let mut ok = true;
     for job in ["randread4k", "seqread1m"] {
         let pick = |who: &str, i: usize| {
-            median(rows.iter().filter(|r| r.0 == who && r.1 == job).map(|r| if i == 0 { r.2 } else { r.3 }).collect())
+            e2e::median(rows.iter().filter(|r| r.0 == who && r.1 == job).map(|r| if i == 0 { r.2 } else { r.3 }).collect())
         };
         match (pick("ours", 0), pick("qemu", 0), pick("ours", 1), pick("qemu", 1)) {
             (Some(oi), Some(qi), Some(ob), Some(qb)) => println!(
@@ -108,7 +92,7 @@ done
         }
     }
     if !ok {
-        eprintln!("bench-virtio-blk: missing results; L1 console:\n{text}");
+        eprintln!("bench-virtio-blk: missing results; output:\n{}", run.log());
         std::process::exit(1);
     }
 }
