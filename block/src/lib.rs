@@ -15,6 +15,7 @@ pub mod iov;
 pub mod policy;
 pub mod request;
 pub mod stats;
+pub mod testing;
 
 pub use aio::IoQueue;
 pub use backend::{BlockBackend, BlockEvent, IoStatus};

@@ -3,7 +3,7 @@
 //! flight, and concurrent unaligned O_DIRECT writes against a model.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use block::drivers::inject::{Count, InjectDriver, Op, Rule};
 use block::drivers::null::NullDriver;
 use block::drivers::raw::RawFile;
 use block::stats::OpKind;
+use block::testing::TestDisk;
 use block::{AioEngine, BlockBackend, BlockDevOps, BlockDriver, CacheMode, Completion, Errno, IoResult, IoVec, Request};
 
 const ENGINES: [AioEngine; 2] = [AioEngine::IoUring, AioEngine::Threads];
@@ -136,46 +137,6 @@ fn eventfd_signals_completions_from_the_pool() {
     let _ = std::fs::remove_file(&path);
 }
 
-/// A driver whose reads block until released: requests that stay in flight.
-struct Stuck {
-    inner: NullDriver,
-    release: Mutex<bool>,
-    cv: std::sync::Condvar,
-    entered: AtomicU32,
-}
-
-impl BlockDriver for Stuck {
-    fn name(&self) -> &'static str {
-        "stuck"
-    }
-    fn size(&self) -> IoResult<u64> {
-        self.inner.size()
-    }
-    fn preadv(&self, offset: u64, iov: &mut [std::io::IoSliceMut<'_>]) -> IoResult<()> {
-        self.entered.fetch_add(1, Ordering::SeqCst);
-        let mut r = self.release.lock().unwrap();
-        while !*r {
-            r = self.cv.wait(r).unwrap();
-        }
-        self.inner.preadv(offset, iov)
-    }
-    fn pwritev(&self, offset: u64, iov: &[std::io::IoSlice<'_>]) -> IoResult<()> {
-        self.inner.pwritev(offset, iov)
-    }
-    fn flush(&self) -> IoResult<()> {
-        Ok(())
-    }
-    fn discard(&self, _: u64, _: u64) -> IoResult<()> {
-        Ok(())
-    }
-    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> IoResult<()> {
-        Ok(())
-    }
-    fn truncate(&self, _: u64) -> IoResult<()> {
-        Ok(())
-    }
-}
-
 #[derive(Default)]
 struct DrainDev {
     log: Mutex<Vec<&'static str>>,
@@ -195,12 +156,9 @@ impl BlockDevOps for DrainDev {
 
 #[test]
 fn drain_waits_for_requests_in_flight() {
-    let stuck = Arc::new(Stuck {
-        inner: NullDriver::new(1 << 20),
-        release: Mutex::new(false),
-        cv: Default::default(),
-        entered: AtomicU32::new(0),
-    });
+    // Reads that stay in flight until released.
+    let stuck = TestDisk::new(1 << 20, false);
+    stuck.hold_reads(true);
     let b = Arc::new(BlockBackend::new("slow"));
     b.insert_medium(stuck.clone(), "slow").unwrap();
     let dev = Arc::new(DrainDev::default());
@@ -211,9 +169,7 @@ fn drain_waits_for_requests_in_flight() {
         // SAFETY: bufs outlive the queue's completions (waited for below).
         unsafe { q.submit(Request::read(i as u64 * 512, iov(buf), i as u64)) };
     }
-    while stuck.entered.load(Ordering::SeqCst) < 4 {
-        std::thread::yield_now();
-    }
+    assert!(stuck.wait_reads(4, Duration::from_secs(10)), "the reads never reached the driver");
     assert_eq!(b.in_flight(), 4);
 
     let (tx, rx) = mpsc::channel();
@@ -227,8 +183,7 @@ fn drain_waits_for_requests_in_flight() {
     }
     // The device is held back and drain has not returned: 4 are stuck.
     assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "drain returned with requests in flight");
-    *stuck.release.lock().unwrap() = true;
-    stuck.cv.notify_all();
+    stuck.hold_reads(false);
     rx.recv_timeout(Duration::from_secs(10)).expect("drain never returned");
     drainer.join().unwrap();
     assert_eq!(*dev.log.lock().unwrap(), vec!["begin", "end"]);
@@ -239,7 +194,7 @@ fn drain_waits_for_requests_in_flight() {
         q.wait(&mut out, want);
     }
     assert!(out.iter().all(|c| c.result.is_ok()));
-    assert!(bufs.iter().all(|b| b.iter().all(|&v| v == 0)), "null reads zeros");
+    assert!(bufs.iter().all(|b| b.iter().all(|&v| v == 0)), "the test disk reads zeros");
 }
 
 #[test]

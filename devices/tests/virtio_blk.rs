@@ -3,13 +3,13 @@
 //! virtqueue in test memory and reads the used ring, while the device's own
 //! I/O thread does the work.
 
-use std::io::{IoSlice, IoSliceMut};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use block::drivers::inject::{Count, InjectDriver, Op, Rule};
 use block::drivers::raw::RawFile;
-use block::{AioEngine, AsyncMode, BlockBackend, BlockDriver, BlockEvent, CacheMode, ErrorAction, IoResult, OnError};
+use block::testing::TestDisk;
+use block::{AioEngine, BlockBackend, BlockEvent, CacheMode, ErrorAction, OnError};
 use devices::virtio::block::QUEUE_SIZE;
 use devices::virtio::testing::*;
 use virtio_bindings::virtio_blk::*;
@@ -304,83 +304,10 @@ fn event_idx_suppresses_interrupts() {
     assert_eq!(d.irq.read().unwrap(), 1);
 }
 
-/// Memory-backed storage that blocks reads while `hold` is set and logs
-/// every request in arrival order.
-#[derive(Default)]
-struct TestDisk {
-    data: Mutex<Vec<u8>>,
-    log: Mutex<Vec<(char, u64)>>,
-    hold: Mutex<bool>,
-    entered: Mutex<usize>,
-    cv: Condvar,
-    inline: bool,
-}
-
-impl TestDisk {
-    fn new(inline: bool) -> Arc<TestDisk> {
-        Arc::new(TestDisk { data: Mutex::new(vec![0; DISK as usize]), inline, ..Default::default() })
-    }
-}
-
-impl BlockDriver for TestDisk {
-    fn name(&self) -> &'static str {
-        "test"
-    }
-    fn size(&self) -> IoResult<u64> {
-        Ok(DISK)
-    }
-    fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
-        self.log.lock().unwrap().push(('r', offset));
-        *self.entered.lock().unwrap() += 1;
-        self.cv.notify_all();
-        let mut h = self.hold.lock().unwrap();
-        while *h {
-            h = self.cv.wait(h).unwrap();
-        }
-        let data = self.data.lock().unwrap();
-        let mut o = offset as usize;
-        for b in iov.iter_mut() {
-            let n = b.len();
-            b.copy_from_slice(&data[o..o + n]);
-            o += n;
-        }
-        Ok(())
-    }
-    fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
-        self.log.lock().unwrap().push(('w', offset));
-        let mut data = self.data.lock().unwrap();
-        let mut o = offset as usize;
-        for b in iov {
-            data[o..o + b.len()].copy_from_slice(b);
-            o += b.len();
-        }
-        Ok(())
-    }
-    fn flush(&self) -> IoResult<()> {
-        Ok(())
-    }
-    fn discard(&self, _: u64, _: u64) -> IoResult<()> {
-        Ok(())
-    }
-    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> IoResult<()> {
-        Ok(())
-    }
-    fn truncate(&self, _: u64) -> IoResult<()> {
-        Err(block::Errno::ENOTSUP)
-    }
-    fn async_mode(&self) -> AsyncMode {
-        if self.inline {
-            AsyncMode::Inline
-        } else {
-            AsyncMode::Blocking
-        }
-    }
-}
-
 #[test]
 fn reset_waits_for_requests_in_flight_and_reactivation_works() {
-    let disk = TestDisk::new(false);
-    *disk.hold.lock().unwrap() = true;
+    let disk = TestDisk::new(DISK as usize, false);
+    disk.hold_reads(true);
     let b = Arc::new(BlockBackend::new("stuck"));
     b.insert_medium(disk.clone(), "t").unwrap();
     let mut d = Driver::new(b.clone(), AioEngine::IoUring, None);
@@ -389,12 +316,7 @@ fn reset_waits_for_requests_in_flight_and_reactivation_works() {
         d.request(VIRTIO_BLK_T_IN, i * 8, &[], 4096);
     }
     d.notify();
-    {
-        let mut n = disk.entered.lock().unwrap();
-        while *n < 4 {
-            n = disk.cv.wait_timeout(n, WAIT).unwrap().0;
-        }
-    }
+    assert!(disk.wait_reads(4, WAIT), "the reads never reached the driver");
     assert_eq!(b.in_flight(), 4);
     // The driver resets while the reads are stuck in the storage: the reset
     // must not return before they are done (they write guest memory).
@@ -406,8 +328,7 @@ fn reset_waits_for_requests_in_flight_and_reactivation_works() {
         assert!(!resetter.is_finished(), "reset returned with requests in flight");
         std::thread::yield_now();
     }
-    *disk.hold.lock().unwrap() = false;
-    disk.cv.notify_all();
+    disk.hold_reads(false);
     resetter.join().unwrap();
     assert_eq!(b.in_flight(), 0);
     let mut d = Arc::try_unwrap(d).ok().unwrap().into_inner().unwrap();
@@ -417,7 +338,7 @@ fn reset_waits_for_requests_in_flight_and_reactivation_works() {
 
 #[test]
 fn stop_policy_holds_and_retries_in_order() {
-    let disk = TestDisk::new(true);
+    let disk = TestDisk::new(DISK as usize, true);
     let inject = Arc::new(InjectDriver::new(disk.clone()));
     inject.add_rule(Rule { op: Op::Write, sectors: Some((8, 8)), errno: libc::ENOSPC, count: Count::Once });
     let b = Arc::new(BlockBackend::new("stopper"));
@@ -446,21 +367,21 @@ fn stop_policy_holds_and_retries_in_order() {
     // While stopped, new requests stay in the ring.
     let w3 = d.request(VIRTIO_BLK_T_OUT, 8, &c, 0);
     d.notify();
-    let log_len = disk.log.lock().unwrap().len();
+    let log_len = disk.log().len();
     // A resume inside a drained section waits for its end.
     b.drained_begin();
     b.iostatus_reset();
     d.handle.resume();
     let until = Instant::now() + Duration::from_millis(100);
     while Instant::now() < until {
-        assert_eq!(disk.log.lock().unwrap().len(), log_len, "resubmitted inside a drained section");
+        assert_eq!(disk.log().len(), log_len, "resubmitted inside a drained section");
         std::thread::yield_now();
     }
     // Then w1 is resubmitted before w3 is taken.
     b.drained_end();
     d.wait_used(3);
     assert_eq!(d.handle.held_requests(), 0);
-    let log = disk.log.lock().unwrap().clone();
+    let log = disk.log();
     assert_eq!(log.len(), log_len + 2, "{log:?}");
     assert_eq!(&log[log_len..], &[('w', 4096), ('w', 4096)], "{log:?}");
     let order: Vec<u32> = (0..3).map(|i| d.used(i).0).collect();
@@ -468,8 +389,8 @@ fn stop_policy_holds_and_retries_in_order() {
     assert_eq!([d.status(w1), d.status(w2), d.status(w3)], [S_OK; 3]);
     // Each completed once; w3 (same sector, later) is what the disk holds.
     assert_eq!(d.used_idx(), 3);
-    assert_eq!(&disk.data.lock().unwrap()[4096..8192], &c[..]);
-    assert_eq!(&disk.data.lock().unwrap()[16384..20480], &c[..]);
+    assert_eq!(&disk.data()[4096..8192], &c[..]);
+    assert_eq!(&disk.data()[16384..20480], &c[..]);
 }
 
 #[test]
