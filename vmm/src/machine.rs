@@ -267,10 +267,10 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     let block_evt = evt()?;
     let (block_tx, block_rx) = mpsc::channel();
     for b in &backends {
-        let tx = Mutex::new(block_tx.clone());
+        let tx = block_tx.clone();
         let wake = block_evt.try_clone().map_err(|e| Error::Io("eventfd", e))?;
         b.set_event_sink(Some(Box::new(move |ev| {
-            let _ = devices::bus::lock(&tx).send(ev);
+            let _ = tx.send(ev);
             let _ = wake.write(1);
         })));
     }
