@@ -572,11 +572,8 @@ unsafe fn bounce_read(drv: &dyn BlockDriver, offset: u64, bytes: u64, iov: &[IoV
     let (start, span) = aligned_span(offset, bytes, align);
     let mut buf = AlignedBuf::new(span as usize, align as usize);
     drv.preadv(start, &mut [IoSliceMut::new(buf.as_mut_slice())])?;
-    let mut pos = (offset - start) as usize;
-    for v in iov {
-        std::ptr::copy_nonoverlapping(buf.as_slice()[pos..pos + v.len()].as_ptr(), v.base(), v.len());
-        pos += v.len();
-    }
+    let pos = (offset - start) as usize;
+    crate::iov::scatter(&buf.as_slice()[pos..], IoVec::as_mut_slices(iov));
     Ok(())
 }
 fn bounce_write(drv: &dyn BlockDriver, offset: u64, bytes: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
@@ -595,11 +592,8 @@ fn bounce_write(drv: &dyn BlockDriver, offset: u64, bytes: u64, iov: &[IoSlice<'
         let tail = (span - align) as usize;
         drv.preadv(start + span - align, &mut [IoSliceMut::new(&mut buf.as_mut_slice()[tail..])])?;
     }
-    let mut pos = (offset - start) as usize;
-    for b in iov {
-        buf.as_mut_slice()[pos..pos + b.len()].copy_from_slice(b);
-        pos += b.len();
-    }
+    let pos = (offset - start) as usize;
+    crate::iov::gather(iov, &mut buf.as_mut_slice()[pos..]);
     drv.pwritev(start, &[IoSlice::new(buf.as_slice())])
 }
 

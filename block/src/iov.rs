@@ -91,6 +91,27 @@ pub fn advance(iov: &mut Vec<IoVec>, mut n: usize) {
     iov.drain(..done);
 }
 
+/// Copies `src` into the segments one after another. `src` must hold at
+/// least as many bytes as the segments together (a bounce buffer).
+pub fn scatter(src: &[u8], iov: &mut [IoSliceMut<'_>]) {
+    let mut pos = 0;
+    for v in iov {
+        let n = v.len();
+        v.copy_from_slice(&src[pos..pos + n]);
+        pos += n;
+    }
+}
+
+/// Copies the segments one after another into the start of `dst`, which
+/// must have room for all of them.
+pub fn gather(iov: &[IoSlice<'_>], dst: &mut [u8]) {
+    let mut pos = 0;
+    for v in iov {
+        dst[pos..pos + v.len()].copy_from_slice(v);
+        pos += v.len();
+    }
+}
+
 /// Fills every segment with zeros: the unread tail past end of file.
 ///
 /// # Safety
@@ -127,5 +148,15 @@ mod tests {
         // SAFETY: buf is live and not otherwise used meanwhile.
         unsafe { zero(v) };
         assert_eq!(buf, [0, 0, 0]);
+    }
+
+    #[test]
+    fn scatter_and_gather_cross_segments() {
+        let (mut a, mut b) = ([0u8; 2], [0u8; 3]);
+        scatter(&[1, 2, 3, 4, 5, 6], &mut [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b)]);
+        assert_eq!((a, b), ([1, 2], [3, 4, 5]));
+        let mut dst = [0u8; 6];
+        gather(&[IoSlice::new(&a), IoSlice::new(&b)], &mut dst);
+        assert_eq!(dst, [1, 2, 3, 4, 5, 0]);
     }
 }

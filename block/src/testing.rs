@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::driver::{AsyncMode, BlockDriver, Errno, IoResult};
+use crate::iov::{gather, scatter};
 
 #[derive(Default)]
 struct Gate {
@@ -82,23 +83,12 @@ impl BlockDriver for TestDisk {
                 g = self.cv.wait(g).unwrap();
             }
         }
-        let data = self.data();
-        let mut o = offset as usize;
-        for b in iov.iter_mut() {
-            let n = b.len();
-            b.copy_from_slice(&data[o..o + n]);
-            o += n;
-        }
+        scatter(&self.data()[offset as usize..], iov);
         Ok(())
     }
     fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
         self.log.lock().unwrap().push(('w', offset));
-        let mut data = self.data();
-        let mut o = offset as usize;
-        for b in iov {
-            data[o..o + b.len()].copy_from_slice(b);
-            o += b.len();
-        }
+        gather(iov, &mut self.data()[offset as usize..]);
         Ok(())
     }
     fn flush(&self) -> IoResult<()> {
