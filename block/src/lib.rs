@@ -15,6 +15,7 @@ pub mod iov;
 pub mod policy;
 pub mod request;
 pub mod stats;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use aio::IoQueue;

@@ -10,6 +10,7 @@
 
 pub mod block;
 pub mod mmio;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
