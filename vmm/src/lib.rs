@@ -50,7 +50,9 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Parses, boots and runs; returns the process exit status.
-/// 0: the guest powered off or reset, or a signal or Ctrl-A x ended it.
+/// 0: the guest powered off or reset, or a signal or Ctrl-A x ended it;
+///    stderr says which (`vmm: guest powered off`, `vmm: guest reset`,
+///    `vmm: terminating on signal N`, `vmm: quit from the console (Ctrl-A x)`).
 /// 1: bad input or a host-side failure (one line on stderr).
 /// 2: the guest crashed (triple fault, KVM internal error); registers on stderr.
 pub fn run(cli: &cli::Cli) -> i32 {
@@ -63,10 +65,14 @@ pub fn run(cli: &cli::Cli) -> i32 {
     };
     match machine::run(&config) {
         Ok(reason) => {
+            // Every end says which it was: a power-off and a reset both exit
+            // 0, and callers (the tests among them) need to tell them apart.
             match &reason {
+                exit::ExitReason::PowerOff => eprintln!("vmm: guest powered off"),
+                exit::ExitReason::Reset => eprintln!("vmm: guest reset"),
+                exit::ExitReason::Quit => eprintln!("vmm: quit from the console (Ctrl-A x)"),
                 exit::ExitReason::GuestCrash(msg) => eprintln!("vmm: guest crashed: {msg}"),
                 exit::ExitReason::Signal(sig) => eprintln!("vmm: terminating on signal {sig}"),
-                _ => {}
             }
             reason.exit_code()
         }
