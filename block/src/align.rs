@@ -2,6 +2,8 @@
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 
+use crate::driver::{Errno, IoResult};
+
 pub struct AlignedBuf {
     ptr: *mut u8,
     layout: Layout,
@@ -13,16 +15,16 @@ unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
     /// A zeroed buffer of `len` bytes (at least 1) aligned to `align`
-    /// (a power of two).
-    pub fn new(len: usize, align: usize) -> Self {
-        let layout = Layout::from_size_align(len.max(1), align.max(1).next_power_of_two())
-            .expect("bounce buffer layout");
+    /// (rounded up to a power of two). Failing to get the memory is
+    /// ENOMEM for the one request, never an abort of the process.
+    pub fn new(len: usize, align: usize) -> IoResult<Self> {
+        let layout = Layout::from_size_align(len.max(1), align.max(1).next_power_of_two()).map_err(|_| Errno::ENOMEM)?;
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { alloc_zeroed(layout) };
         if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
+            return Err(Errno::ENOMEM);
         }
-        AlignedBuf { ptr, layout }
+        Ok(AlignedBuf { ptr, layout })
     }
 
     pub fn len(&self) -> usize {

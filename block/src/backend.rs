@@ -1,26 +1,27 @@
-//! `BlockBackend`: a named drive as a device sees it (QEMU's BlockBackend).
+//! `BlockBackend`: a named drive as a device sees it (the role of QEMU's
+//! block-backend.c).
 //!
 //! It owns an optional medium (a driver stack that can be removed and
-//! inserted at runtime), the read-only and write-cache state, the error
-//! policies and iostatus, the I/O statistics, and the attached device's
-//! `BlockDevOps`. Every request goes through the same checks as QEMU's
-//! `blk_check_byte_request` before any driver sees it, and unaligned
-//! requests against an O_DIRECT medium are bounced through aligned buffers
-//! (read-modify-write for writes), so a guest can never see a torn or wrong
-//! byte whatever offsets and lengths it uses.
+//! inserted at runtime), the read-only, write-cache and discard settings,
+//! the error policies and iostatus, the I/O statistics, the attached
+//! device's `BlockDevOps`, and drain. Every request goes through QEMU's
+//! checks, in QEMU's order, before any driver sees it; running it is
+//! `io`'s business.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::align::AlignedBuf;
 use crate::devops::BlockDevOps;
+use crate::drain::{Drain, Waker};
 use crate::driver::{BlockDriver, Errno, IoResult};
+use crate::drivers::options::DiscardMode;
 use crate::gate::WriteGate;
-use crate::iov::{total_len, IoVec};
+use crate::io::Job;
+use crate::iov::IoVec;
 use crate::policy::{ErrorAction, OnError};
-use crate::request::ReqOp;
+use crate::request::{Op, Request};
 use crate::stats::Stats;
 
 /// QEMU's cap on one request (BDRV_REQUEST_MAX_BYTES, about 2 GiB).
@@ -37,23 +38,54 @@ pub enum IoStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BlockEvent {
     /// QEMU's BLOCK_IO_ERROR. `operation` is "read" or "write" (flush and
-    /// discard count as write); `nospace` only when iostatus is enabled.
-    IoError { device: String, operation: &'static str, action: ErrorAction, nospace: Option<bool>, reason: String },
+    /// discard count as write); `node_name` is absent without a medium;
+    /// `nospace` only when iostatus is enabled (QEMU's
+    /// blk_iostatus_is_enabled: a device enabled it and a policy can stop);
+    /// `reason` is the plain strerror text.
+    IoError {
+        device: String,
+        node_name: Option<String>,
+        operation: &'static str,
+        action: ErrorAction,
+        nospace: Option<bool>,
+        reason: String,
+    },
     /// QEMU's DEVICE_TRAY_MOVED.
     TrayMoved { device: String, tray_open: bool },
 }
 
 pub type EventSink = Box<dyn Fn(BlockEvent) + Send + Sync>;
 
+/// What a device does with a finished request, once the error policy and
+/// the accounting have seen it (`BlockBackend::complete_request`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Complete it as successful (it was, or the policy ignores the error).
+    Ok,
+    /// Complete it with this error.
+    Error(Errno),
+    /// Keep it, do not complete it: the VM stops and it is retried on resume.
+    Stop,
+}
+
 struct Medium {
     driver: Arc<dyn BlockDriver>,
     filename: String,
+    /// QEMU's node-name; "#blockN" when the user gave none, as QEMU names
+    /// the nodes of -drive.
+    node_name: String,
+}
+
+fn auto_node_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("#block{:03}", NEXT.fetch_add(1, Ordering::Relaxed) * 128 + 100)
 }
 
 struct State {
     medium: Option<Medium>,
     read_only: bool,
     write_cache: bool,
+    discard: DiscardMode,
     allow_write_beyond_eof: bool,
     on_read_error: OnError,
     on_write_error: OnError,
@@ -69,12 +101,7 @@ pub struct BlockBackend {
     events: Mutex<Option<EventSink>>,
     /// Unaligned writes do read-modify-write of whole blocks; see `gate`.
     gate: WriteGate,
-    /// Requests a driver is working on, for drain.
-    in_flight: AtomicUsize,
-    /// Nested drained sections; the device is held back while non-zero.
-    quiesce: AtomicUsize,
-    drain_lock: Mutex<()>,
-    drain_cv: Condvar,
+    drain: Drain,
 }
 
 impl BlockBackend {
@@ -87,6 +114,7 @@ impl BlockBackend {
                 medium: None,
                 read_only: false,
                 write_cache: true,
+                discard: DiscardMode::default(),
                 allow_write_beyond_eof: false,
                 on_read_error: OnError::DEFAULT_READ,
                 on_write_error: OnError::DEFAULT_WRITE,
@@ -97,10 +125,7 @@ impl BlockBackend {
             stats: Stats::default(),
             events: Mutex::new(None),
             gate: WriteGate::default(),
-            in_flight: AtomicUsize::new(0),
-            quiesce: AtomicUsize::new(0),
-            drain_lock: Mutex::new(()),
-            drain_cv: Condvar::new(),
+            drain: Drain::default(),
         }
     }
 
@@ -140,6 +165,14 @@ impl BlockBackend {
     pub fn write_cache(&self) -> bool {
         self.st().write_cache
     }
+    /// QEMU's `discard=`: with `ignore`, discards succeed without touching
+    /// the image and write-zeroes never deallocates.
+    pub fn set_discard(&self, mode: DiscardMode) {
+        self.st().discard = mode;
+    }
+    pub fn discard_mode(&self) -> DiscardMode {
+        self.st().discard
+    }
     pub fn set_allow_write_beyond_eof(&self, allow: bool) {
         self.st().allow_write_beyond_eof = allow;
     }
@@ -175,9 +208,13 @@ impl BlockBackend {
         if action == ErrorAction::Stop {
             self.iostatus_set_err(errno);
         }
-        let nospace = self.st().iostatus_enabled.then_some(errno == Errno::ENOSPC);
+        let (nospace, node_name) = {
+            let s = self.st();
+            (iostatus_is_enabled(&s).then_some(errno == Errno::ENOSPC), s.medium.as_ref().map(|m| m.node_name.clone()))
+        };
         self.emit(BlockEvent::IoError {
             device: self.name.clone(),
+            node_name,
             operation: if is_read { "read" } else { "write" },
             action,
             nospace,
@@ -201,7 +238,7 @@ impl BlockBackend {
     /// Records a failure unless one is already recorded (the first wins).
     pub fn iostatus_set_err(&self, errno: Errno) {
         let mut s = self.st();
-        if s.iostatus_enabled && s.iostatus == IoStatus::Ok {
+        if iostatus_is_enabled(&s) && s.iostatus == IoStatus::Ok {
             s.iostatus = if errno == Errno::ENOSPC { IoStatus::NoSpace } else { IoStatus::Failed };
         }
     }
@@ -210,8 +247,7 @@ impl BlockBackend {
     /// policy can stop the VM.
     pub fn iostatus(&self) -> Option<IoStatus> {
         let s = self.st();
-        let can_stop = matches!(s.on_write_error, OnError::Enospc | OnError::Stop) || s.on_read_error == OnError::Stop;
-        (s.iostatus_enabled && can_stop).then_some(s.iostatus)
+        iostatus_is_enabled(&s).then_some(s.iostatus)
     }
 
     // --- device and medium ---------------------------------------------
@@ -262,6 +298,11 @@ impl BlockBackend {
         self.st().medium.as_ref().map(|m| m.filename.clone())
     }
 
+    /// The medium's node name (QEMU's node-name), None without a medium.
+    pub fn node_name(&self) -> Option<String> {
+        self.st().medium.as_ref().map(|m| m.node_name.clone())
+    }
+
     /// Tells the device its medium changed; reports a tray move when the
     /// tray state changed (QEMU's blk_dev_change_media_cb).
     pub fn change_media(&self, load: bool) {
@@ -285,39 +326,70 @@ impl BlockBackend {
         }
     }
 
+    /// Inserts a medium, inside a drained section so that no request of
+    /// the device can be between its checks and its driver meanwhile.
+    /// The node gets an automatic name ("#blockN"), as -drive's do in QEMU.
     pub fn insert_medium(&self, driver: Arc<dyn BlockDriver>, filename: &str) -> Result<(), crate::Error> {
-        let mut s = self.st();
-        if s.medium.is_some() {
-            return Err(crate::Error::MediumPresent(self.name.clone()));
-        }
-        s.medium = Some(Medium { driver, filename: filename.to_string() });
-        Ok(())
+        self.drained(|| {
+            let mut s = self.st();
+            if s.medium.is_some() {
+                return Err(crate::Error::MediumPresent(self.name.clone()));
+            }
+            s.medium = Some(Medium { driver, filename: filename.to_string(), node_name: auto_node_name() });
+            Ok(())
+        })
     }
 
-    /// Removes the medium (waiting for nothing: callers drain first).
+    /// Removes the medium once no request is in flight on it; requests
+    /// then see ENOMEDIUM. Returns the driver (None when there was none).
     pub fn remove_medium(&self) -> Option<Arc<dyn BlockDriver>> {
-        self.st().medium.take().map(|m| m.driver)
+        self.drained(|| self.st().medium.take().map(|m| m.driver))
+    }
+
+    /// Swaps the medium in one drained section: no request can run on the
+    /// old one after, nor see an empty drive in between.
+    pub fn change_medium(&self, driver: Arc<dyn BlockDriver>, filename: &str) -> Option<Arc<dyn BlockDriver>> {
+        self.drained(|| {
+            let new = Medium { driver, filename: filename.to_string(), node_name: auto_node_name() };
+            let old = self.st().medium.replace(new);
+            old.map(|m| m.driver)
+        })
+    }
+
+    fn drained<T>(&self, f: impl FnOnce() -> T) -> T {
+        self.drained_begin();
+        let r = f();
+        self.drained_end();
+        r
     }
 
     // --- requests ------------------------------------------------------
 
+    /// The medium's driver, if a medium is inserted (tray ignored).
     fn driver(&self) -> IoResult<Arc<dyn BlockDriver>> {
-        let s = self.st();
-        match &s.medium {
+        match &self.st().medium {
             Some(m) => Ok(m.driver.clone()),
             None => Err(Errno::ENOMEDIUM),
         }
     }
 
-    /// QEMU's blk_check_byte_request: a medium that is available, a range
-    /// that neither overflows nor exceeds the request cap, and inside the
-    /// medium unless writing beyond EOF is allowed.
-    fn check(&self, offset: u64, bytes: u64, is_write: bool) -> IoResult<Arc<dyn BlockDriver>> {
+    /// The driver of an available medium (inserted, tray closed).
+    fn available_driver(&self) -> IoResult<Arc<dyn BlockDriver>> {
         let drv = self.driver()?;
         if self.is_tray_open() {
             return Err(Errno::ENOMEDIUM);
         }
-        if bytes > MAX_REQUEST_BYTES || offset > i64::MAX as u64 || offset.checked_add(bytes).is_none() {
+        Ok(drv)
+    }
+
+    /// QEMU's blk_check_byte_request, in its order: too large → EIO, no
+    /// available medium → ENOMEDIUM, negative or past the end → EIO.
+    fn check(&self, offset: u64, bytes: u64, is_write: bool) -> IoResult<Arc<dyn BlockDriver>> {
+        if bytes > MAX_REQUEST_BYTES {
+            return Err(Errno::EIO);
+        }
+        let drv = self.available_driver()?;
+        if offset > i64::MAX as u64 || offset.checked_add(bytes).is_none() {
             return Err(Errno::EIO);
         }
         let beyond_ok = is_write && self.st().allow_write_beyond_eof;
@@ -330,55 +402,25 @@ impl BlockBackend {
         Ok(drv)
     }
 
-    /// Checks a request before any driver sees it and returns the driver to
-    /// run it on. Writes to a read-only drive are EPERM. A refusal counts as
-    /// an invalid request.
-    pub(crate) fn prepare(&self, op: ReqOp, offset: u64, len: u64) -> IoResult<Arc<dyn BlockDriver>> {
-        let r = match op {
-            ReqOp::Read => self.check(offset, len, false),
-            ReqOp::Flush => self.driver(),
-            _ if self.st().read_only => Err(Errno::EPERM),
-            _ => self.check(offset, len, true),
+    /// Checks a request before any driver sees it and decides how it runs.
+    /// After the range checks, changing a read-only drive is EPERM (as
+    /// QEMU's bdrv_co_write_req_prepare). None: nothing for a driver to do
+    /// (a flush of a read-only drive, a discard with discard=ignore), and
+    /// the request succeeds.
+    pub(crate) fn prepare(&self, req: &Request) -> IoResult<Option<(Arc<dyn BlockDriver>, Job)>> {
+        let (op, offset, len) = (req.op(), req.offset(), req.len());
+        let drv = match op {
+            Op::Flush => self.available_driver()?,
+            _ => self.check(offset, len, op.is_write())?,
         };
-        r.inspect_err(|_| self.stats.invalid(op.kind()))
-    }
-
-    /// Runs a checked request to its end on this thread (the blocking calls
-    /// and the thread pool): bounces what O_DIRECT cannot take, and passes
-    /// the write gate around writes.
-    ///
-    /// # Safety
-    /// `iov` must be valid as `Request` describes until this returns.
-    pub(crate) unsafe fn exec(&self, drv: &dyn BlockDriver, op: ReqOp, offset: u64, len: u64, iov: &[IoVec]) -> IoResult<()> {
-        let align = drv.request_alignment();
+        let s = self.st();
+        let unmap_ok = s.discard == DiscardMode::Unmap;
+        let fua = !s.write_cache && matches!(op, Op::Write | Op::WriteZeroes);
         match op {
-            ReqOp::Read if needs_bounce(align, offset, iov) => bounce_read(drv, offset, len, iov),
-            ReqOp::Read => drv.preadv(offset, IoVec::as_mut_slices(iov)),
-            ReqOp::Write if needs_bounce(align, offset, iov) => {
-                let _excl = self.gate.exclusive(align);
-                bounce_write(drv, offset, len, IoVec::as_slices(iov))
-            }
-            ReqOp::Write => {
-                let _shared = self.gate.shared(align);
-                drv.pwritev(offset, IoVec::as_slices(iov))
-            }
-            ReqOp::Flush => drv.flush(),
-            // Nothing to do, as in QEMU (fallocate would call it EINVAL).
-            ReqOp::Discard | ReqOp::WriteZeroes { .. } if len == 0 => Ok(()),
-            ReqOp::Discard => {
-                let _shared = self.gate.shared(align);
-                drv.discard(offset, len)
-            }
-            // Unaligned edges are written as data so the bytes outside the
-            // range stay intact.
-            ReqOp::WriteZeroes { unmap } if !offset.is_multiple_of(align as u64) || !len.is_multiple_of(align as u64) => {
-                let _excl = self.gate.exclusive(align);
-                zeroes_unaligned(drv, offset, len, align as u64, unmap)
-            }
-            ReqOp::WriteZeroes { unmap } => {
-                let _shared = self.gate.shared(align);
-                drv.write_zeroes(offset, len, unmap)
-            }
+            _ if op.is_write() && s.read_only => Err(Errno::EPERM),
+            Op::Flush if s.read_only => Ok(None),
+            Op::Discard if !unmap_ok => Ok(None),
+            _ => Ok(Some((drv, Job { op, offset, len, unmap: req.unmap() && unmap_ok, fua }))),
         }
     }
 
@@ -386,43 +428,72 @@ impl BlockBackend {
         &self.gate
     }
 
-    /// Counts a finished request in the statistics.
-    pub(crate) fn account(&self, op: ReqOp, bytes: u64, start: Instant, r: IoResult<()>) -> IoResult<()> {
+    /// Runs a request to its end on this thread, without accounting: for
+    /// devices that complete it through `complete_request` (IDE PIO).
+    /// Waits while a drained section is open.
+    pub fn execute(&self, req: &Request) -> IoResult<()> {
+        self.drain.enter_blocking();
+        let r = match self.prepare(req) {
+            Ok(Some((drv, job))) => crate::io::exec(&self.gate, &*drv, job, req.iov()),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        self.drain.leave(1);
+        r
+    }
+
+    /// What a device calls when a request of its own has finished: applies
+    /// the error policy (QEMU's blk_get_error_action + blk_error_action) and
+    /// accounts it as QEMU's devices do: success and ignored errors count
+    /// as done, reported errors as failed, and a stopped request not at
+    /// all (it counts once, when its retry finally completes).
+    pub fn complete_request(&self, op: Op, bytes: u64, start: Instant, result: IoResult<()>) -> Outcome {
+        let errno = match result {
+            Ok(()) => {
+                self.stats.done(op, bytes, start.elapsed());
+                return Outcome::Ok;
+            }
+            Err(e) => e,
+        };
+        match self.handle_error(op.is_read(), errno) {
+            ErrorAction::Ignore => {
+                self.stats.done(op, bytes, start.elapsed());
+                Outcome::Ok
+            }
+            ErrorAction::Report => {
+                self.stats.failed(op);
+                Outcome::Error(errno)
+            }
+            ErrorAction::Stop => Outcome::Stop,
+        }
+    }
+
+    /// The blocking calls: run on the caller's thread and accounted (done
+    /// or failed; no error policy), for tools and tests. A thread that owns
+    /// an `IoQueue` with writes in flight uses the queue instead: an
+    /// unaligned blocking write would wait for those writes, which only
+    /// that thread can complete.
+    fn run(&self, req: Request) -> IoResult<()> {
+        let start = Instant::now();
+        let r = self.execute(&req);
         match r {
-            Ok(()) => self.stats.done(op.kind(), bytes, start.elapsed()),
-            Err(_) => self.stats.failed(op.kind()),
+            Ok(()) => self.stats.done(req.op(), req.len(), start.elapsed()),
+            Err(_) => self.stats.failed(req.op()),
         }
         r
     }
 
-    /// The blocking path: check, count in flight, run, account.
-    fn run(&self, op: ReqOp, offset: u64, len: u64, iov: &[IoVec]) -> IoResult<()> {
-        let drv = self.prepare(op, offset, len)?;
-        self.request_begin();
-        let start = Instant::now();
-        // SAFETY: `iov` is borrowed from the caller's slices for this call.
-        let r = unsafe { self.exec(&*drv, op, offset, len, iov) };
-        self.request_end();
-        self.account(op, len, start, r)
-    }
-
     pub fn getlength(&self) -> IoResult<u64> {
-        self.driver()?.size()
+        self.available_driver()?.size()
     }
 
-    /// The blocking calls below run on the caller's thread, for callers
-    /// that want an answer before they go on (IDE PIO, tools, tests). A
-    /// thread that owns an `IoQueue` with writes in flight uses the queue
-    /// instead: an unaligned blocking write would wait for those writes,
-    /// which only that thread can complete.
     pub fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
-        let iov = IoVec::from_mut_slices(iov);
-        self.run(ReqOp::Read, offset, total_len(iov), iov)
+        self.run(Request::read(offset, IoVec::from_mut_slices(iov).to_vec(), 0))
     }
 
+    /// Writes from shared slices: the driver only reads the segments.
     pub fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
-        let iov = IoVec::from_slices(iov);
-        self.run(ReqOp::Write, offset, total_len(iov), iov)
+        self.run(Request::write(offset, IoVec::from_slices(iov).to_vec(), 0))
     }
 
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
@@ -433,26 +504,29 @@ impl BlockBackend {
         self.pwritev(offset, &[IoSlice::new(buf)])
     }
 
-    /// A flush always reaches the driver, whatever the write cache says,
-    /// as in QEMU (the raw driver drops it only for cache=unsafe).
+    /// A flush reaches the driver whatever the write cache says, as in
+    /// QEMU (the raw driver drops it only for cache=unsafe); with the tray
+    /// open it is ENOMEDIUM, on a read-only drive a successful no-op.
     pub fn flush(&self) -> IoResult<()> {
-        self.run(ReqOp::Flush, 0, 0, &[])
+        self.run(Request::flush(0))
     }
 
     pub fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
-        self.run(ReqOp::Discard, offset, len, &[])
+        self.run(Request::discard(offset, len, 0))
     }
 
     pub fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> IoResult<()> {
-        self.run(ReqOp::WriteZeroes { unmap }, offset, len, &[])
+        self.run(Request::write_zeroes(offset, len, unmap, 0))
     }
 
-    /// Resizes the medium and tells the device. Read-only: EACCES, as QEMU.
+    /// Resizes the medium and tells the device. As QEMU's blk_co_truncate:
+    /// no available medium → ENOMEDIUM, read-only → EACCES.
     pub fn truncate(&self, size: u64) -> IoResult<()> {
+        let drv = self.available_driver()?;
         if self.st().read_only {
             return Err(Errno::EACCES);
         }
-        self.driver()?.truncate(size)?;
+        drv.truncate(size)?;
         if let Some(d) = self.dev() {
             d.resize();
         }
@@ -461,40 +535,42 @@ impl BlockBackend {
 
     // --- in flight and drain -------------------------------------------
 
-    pub(crate) fn request_begin(&self) {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    /// Admits an asynchronous request unless a section is open; `waker`
+    /// runs when the section ends.
+    pub(crate) fn try_enter(&self, waker: &Waker) -> bool {
+        self.drain.try_enter(waker)
     }
 
-    /// A driver finished a request; wakes drainers when it was the last.
-    pub(crate) fn request_end(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && self.quiesce.load(Ordering::SeqCst) > 0 {
-            let _g = self.drain_lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.drain_cv.notify_all();
-        }
+    /// `n` admitted requests have been handed back to their submitter.
+    pub(crate) fn leave(&self, n: usize) {
+        self.drain.leave(n);
     }
 
-    /// Requests a driver is still working on.
+    /// Requests admitted and not yet handed back.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::SeqCst)
+        self.drain.in_flight()
     }
 
-    /// Starts a drained section: the device stops submitting (its
-    /// drained_begin, on the first of nested sections), then this waits
-    /// until no request of this drive is in flight. Requests submitted
-    /// through an `IoQueue` complete only when that queue's thread polls it,
-    /// so that thread must keep polling (or call `IoQueue::drain`).
+    /// A drained section is open.
+    pub fn is_drained(&self) -> bool {
+        self.drain.is_drained()
+    }
+
+    /// Opens a drained section: the device stops submitting (its
+    /// drained_begin, on the first of nested sections), new requests wait,
+    /// and this returns once no request of this drive is in flight.
+    /// Requests submitted through an `IoQueue` are handed back only when
+    /// that queue's thread polls it, so that thread must keep polling (or
+    /// call `IoQueue::drained_begin` itself).
     pub fn drained_begin(&self) {
         self.quiesce_begin();
-        self.wait_idle();
+        self.drain.wait_idle();
     }
 
-    /// Ends a drained section; the device resumes on the last one.
+    /// Closes a section; on the last one the device resumes and waiting
+    /// requests go on. Panics without a matching `drained_begin`.
     pub fn drained_end(&self) {
-        if self.quiesce.fetch_sub(1, Ordering::SeqCst) == 1 {
-            if let Some(d) = self.dev() {
-                d.drained_end();
-            }
-        }
+        self.drain.end(self.dev());
     }
 
     /// Waits until nothing of this drive is in flight, with the device
@@ -505,18 +581,11 @@ impl BlockBackend {
     }
 
     pub(crate) fn quiesce_begin(&self) {
-        if self.quiesce.fetch_add(1, Ordering::SeqCst) == 0 {
-            if let Some(d) = self.dev() {
-                d.drained_begin();
-            }
-        }
+        self.drain.begin(self.dev());
     }
 
     pub(crate) fn wait_idle(&self) {
-        let mut g = self.drain_lock.lock().unwrap_or_else(|e| e.into_inner());
-        while self.in_flight.load(Ordering::SeqCst) > 0 {
-            g = self.drain_cv.wait(g).unwrap_or_else(|e| e.into_inner());
-        }
+        self.drain.wait_idle();
     }
 
     /// Drains every drive at once: all devices stop first, so none can
@@ -534,85 +603,9 @@ impl BlockBackend {
     }
 }
 
-/// O_DIRECT wants offset, length and every buffer aligned.
-fn needs_bounce(align: usize, offset: u64, iov: &[IoVec]) -> bool {
-    if align <= 1 {
-        return false;
-    }
-    let a = align as u64;
-    if !offset.is_multiple_of(a) {
-        return true;
-    }
-    let mut total = 0u64;
-    for v in iov {
-        if !(v.base() as usize).is_multiple_of(align) || !v.len().is_multiple_of(align) {
-            return true;
-        }
-        total += v.len() as u64;
-    }
-    !total.is_multiple_of(a)
-}
-
-/// Whether an asynchronous engine can hand this request to the kernel as it
-/// is: aligned for the driver's O_DIRECT needs.
-pub(crate) fn is_aligned(align: usize, offset: u64, iov: &[IoVec]) -> bool {
-    !needs_bounce(align, offset, iov)
-}
-
-fn aligned_span(offset: u64, bytes: u64, align: u64) -> (u64, u64) {
-    let start = offset - offset % align;
-    let end = (offset + bytes).div_ceil(align) * align;
-    (start, end - start)
-}
-
-/// # Safety
-/// `iov` must be valid for writes.
-unsafe fn bounce_read(drv: &dyn BlockDriver, offset: u64, bytes: u64, iov: &[IoVec]) -> IoResult<()> {
-    let align = drv.request_alignment() as u64;
-    let (start, span) = aligned_span(offset, bytes, align);
-    let mut buf = AlignedBuf::new(span as usize, align as usize);
-    drv.preadv(start, &mut [IoSliceMut::new(buf.as_mut_slice())])?;
-    let pos = (offset - start) as usize;
-    crate::iov::scatter(&buf.as_slice()[pos..], IoVec::as_mut_slices(iov));
-    Ok(())
-}
-fn bounce_write(drv: &dyn BlockDriver, offset: u64, bytes: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
-    let align = drv.request_alignment() as u64;
-    let (start, span) = aligned_span(offset, bytes, align);
-    let mut buf = AlignedBuf::new(span as usize, align as usize);
-    // Read the partial head and tail blocks so their other bytes survive.
-    if offset != start {
-        drv.preadv(start, &mut [IoSliceMut::new(&mut buf.as_mut_slice()[..align as usize])])?;
-    }
-    let end = offset + bytes;
-    let tail_partial = !end.is_multiple_of(align);
-    // One block holding both ends was already read as the head.
-    let tail_already_read = span == align && offset != start;
-    if tail_partial && !tail_already_read {
-        let tail = (span - align) as usize;
-        drv.preadv(start + span - align, &mut [IoSliceMut::new(&mut buf.as_mut_slice()[tail..])])?;
-    }
-    let pos = (offset - start) as usize;
-    crate::iov::gather(iov, &mut buf.as_mut_slice()[pos..]);
-    drv.pwritev(start, &[IoSlice::new(buf.as_slice())])
-}
-
-fn zeroes_unaligned(drv: &dyn BlockDriver, offset: u64, len: u64, align: u64, unmap: bool) -> IoResult<()> {
-    let end = offset + len;
-    let inner_start = offset.div_ceil(align) * align;
-    let inner_end = end - end % align;
-    if inner_start >= inner_end {
-        let zeros = vec![0u8; len as usize];
-        return bounce_write(drv, offset, len, &[IoSlice::new(&zeros)]);
-    }
-    if offset < inner_start {
-        let zeros = vec![0u8; (inner_start - offset) as usize];
-        bounce_write(drv, offset, inner_start - offset, &[IoSlice::new(&zeros)])?;
-    }
-    drv.write_zeroes(inner_start, inner_end - inner_start, unmap)?;
-    if inner_end < end {
-        let zeros = vec![0u8; (end - inner_end) as usize];
-        bounce_write(drv, inner_end, end - inner_end, &[IoSlice::new(&zeros)])?;
-    }
-    Ok(())
+/// QEMU's blk_iostatus_is_enabled: a device enabled it, and a policy can
+/// stop the VM.
+fn iostatus_is_enabled(s: &State) -> bool {
+    let can_stop = matches!(s.on_write_error, OnError::Enospc | OnError::Stop) || s.on_read_error == OnError::Stop;
+    s.iostatus_enabled && can_stop
 }

@@ -2,7 +2,7 @@
 //! I/O and nothing else: request checking, alignment for O_DIRECT, error
 //! policies and accounting live in `BlockBackend`, once for every driver.
 
-use std::io::{IoSlice, IoSliceMut};
+use crate::iov::IoVec;
 
 /// A failed request, as the errno the guest-facing policy decides on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,15 +17,19 @@ impl Errno {
     pub const ENOMEDIUM: Errno = Errno(libc::ENOMEDIUM);
     pub const EROFS: Errno = Errno(libc::EROFS);
     pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
+    pub const ENOMEM: Errno = Errno(libc::ENOMEM);
 
     pub fn last() -> Errno {
         Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
     }
 }
 
+/// The plain strerror text ("No space left on device"), as QEMU's
+/// BLOCK_IO_ERROR `reason` carries it: without Rust's " (os error N)".
 impl std::fmt::Display for Errno {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", std::io::Error::from_raw_os_error(self.0))
+        let s = std::io::Error::from_raw_os_error(self.0).to_string();
+        f.write_str(s.split(" (os error").next().unwrap_or(&s))
     }
 }
 
@@ -57,8 +61,10 @@ pub trait BlockDriver: Send + Sync {
     fn name(&self) -> &'static str;
     /// Current size in bytes.
     fn size(&self) -> IoResult<u64>;
-    fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()>;
-    fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()>;
+    /// Reads into the segments (valid for writes by `IoVec::new`'s
+    /// contract, and only ever reached through raw pointers).
+    fn preadv(&self, offset: u64, iov: &[IoVec]) -> IoResult<()>;
+    fn pwritev(&self, offset: u64, iov: &[IoVec]) -> IoResult<()>;
     /// Makes completed writes durable.
     fn flush(&self) -> IoResult<()>;
     /// Hints that a range is unused; reads may then return zeros or the old
@@ -68,6 +74,11 @@ pub trait BlockDriver: Send + Sync {
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> IoResult<()>;
     /// Changes the size.
     fn truncate(&self, size: u64) -> IoResult<()>;
+    /// The largest discard the driver takes in one call; the backend
+    /// splits longer ones (QEMU's max_pdiscard).
+    fn max_discard(&self) -> u64 {
+        crate::backend::MAX_REQUEST_BYTES
+    }
     /// Offset, length and memory alignment that requests must have
     /// (O_DIRECT: the logical block size). 1 when anything goes.
     fn request_alignment(&self) -> usize {

@@ -1,7 +1,10 @@
 //! Caller buffers as the kernel sees them. Asynchronous requests outlive the
 //! borrow that made them (a virtio device hands in guest memory, the
 //! completion comes later on another thread), so they carry raw segments
-//! whose validity the submitter promises, not Rust slices.
+//! whose validity the builder promises, not Rust slices. Guest memory can
+//! change under us at any time, so no Rust reference to it is ever made:
+//! copies go through raw pointers, and drivers hand the segments to the
+//! kernel as they are.
 
 use std::io::{IoSlice, IoSliceMut};
 
@@ -11,14 +14,18 @@ use std::io::{IoSlice, IoSliceMut};
 #[derive(Clone, Copy, Debug)]
 pub struct IoVec(libc::iovec);
 
-// SAFETY: an IoVec is an address and a length; whoever builds a request from
-// it promises the memory stays valid until the request completes, on
-// whichever thread that happens.
+// SAFETY: an IoVec is an address and a length; whoever builds it promises
+// the memory stays valid until the request completes, on whichever thread
+// that happens.
 unsafe impl Send for IoVec {}
 unsafe impl Sync for IoVec {}
 
 impl IoVec {
-    pub fn new(base: *mut u8, len: usize) -> Self {
+    /// # Safety
+    /// `base` must be valid for reads and writes of `len` bytes for as long
+    /// as any request carrying this segment can run, and nobody may hold a
+    /// Rust reference to that memory meanwhile.
+    pub unsafe fn new(base: *mut u8, len: usize) -> Self {
         IoVec(libc::iovec { iov_base: base.cast(), iov_len: len })
     }
 
@@ -34,38 +41,28 @@ impl IoVec {
         self.0.iov_len == 0
     }
 
-    /// Views borrowed slices as segments (no copy).
+    /// Views borrowed slices as segments (no copy). Only reads may go
+    /// through them: the memory is shared.
     pub fn from_slices<'a>(iov: &'a [IoSlice<'_>]) -> &'a [IoVec] {
         // SAFETY: IoSlice is ABI-compatible with iovec on Unix, and so is IoVec.
         unsafe { std::slice::from_raw_parts(iov.as_ptr().cast(), iov.len()) }
     }
 
-    /// Views borrowed mutable slices as segments (no copy).
+    /// Views exclusively borrowed slices as segments (no copy).
     pub fn from_mut_slices<'a>(iov: &'a mut [IoSliceMut<'_>]) -> &'a [IoVec] {
         // SAFETY: as above; the exclusive borrow covers every later write.
         unsafe { std::slice::from_raw_parts(iov.as_ptr().cast(), iov.len()) }
     }
 
-    /// The segments as `IoSlice`s for a driver call.
-    ///
-    /// # Safety
-    /// Every segment must be valid for reads for the returned lifetime.
-    pub unsafe fn as_slices<'a>(iov: &'a [IoVec]) -> &'a [IoSlice<'a>] {
-        std::slice::from_raw_parts(iov.as_ptr().cast(), iov.len())
-    }
-
-    /// The segments as `IoSliceMut`s for a driver call.
-    ///
-    /// # Safety
-    /// Every segment must be valid for writes, and not otherwise accessed,
-    /// for the returned lifetime.
-    #[allow(clippy::mut_from_ref)]
-    pub unsafe fn as_mut_slices<'a>(iov: &'a [IoVec]) -> &'a mut [IoSliceMut<'a>] {
-        std::slice::from_raw_parts_mut(iov.as_ptr() as *mut IoSliceMut<'a>, iov.len())
-    }
-
     pub fn as_iovec_ptr(iov: &[IoVec]) -> *const libc::iovec {
         iov.as_ptr().cast()
+    }
+
+    /// The segment `n` bytes further on (n <= len).
+    fn skip(&self, n: usize) -> IoVec {
+        debug_assert!(n <= self.len());
+        // n <= len, so the new base stays inside (or one past) the segment.
+        IoVec(libc::iovec { iov_base: self.base().wrapping_add(n).cast(), iov_len: self.len() - n })
     }
 }
 
@@ -83,42 +80,63 @@ pub fn advance(iov: &mut Vec<IoVec>, mut n: usize) {
             n -= v.len();
             done += 1;
         } else {
-            // SAFETY: n < len, so the new base stays inside the segment.
-            *v = IoVec::new(unsafe { v.base().add(n) }, v.len() - n);
+            *v = v.skip(n);
             break;
         }
     }
     iov.drain(..done);
 }
 
-/// Copies `src` into the segments one after another. `src` must hold at
-/// least as many bytes as the segments together (a bounce buffer).
-pub fn scatter(src: &[u8], iov: &mut [IoSliceMut<'_>]) {
-    let mut pos = 0;
+/// Calls `f(segment part, position in src/dst)` for the bytes `pos ..
+/// pos + len` of the segments, in order.
+fn walk(iov: &[IoVec], mut pos: usize, len: usize, mut f: impl FnMut(*mut u8, usize, usize)) {
+    let mut done = 0;
     for v in iov {
-        let n = v.len();
-        v.copy_from_slice(&src[pos..pos + n]);
-        pos += n;
+        if done == len {
+            break;
+        }
+        if pos >= v.len() {
+            pos -= v.len();
+            continue;
+        }
+        let n = (v.len() - pos).min(len - done);
+        f(v.base().wrapping_add(pos), n, done);
+        done += n;
+        pos = 0;
     }
 }
 
-/// Copies the segments one after another into the start of `dst`, which
-/// must have room for all of them.
-pub fn gather(iov: &[IoSlice<'_>], dst: &mut [u8]) {
-    let mut pos = 0;
-    for v in iov {
-        dst[pos..pos + v.len()].copy_from_slice(v);
-        pos += v.len();
-    }
+/// Copies `src` into the segments, starting `pos` bytes into them (as far
+/// as they reach). Returns the bytes copied.
+pub fn copy_to_iov(iov: &[IoVec], pos: usize, src: &[u8]) -> usize {
+    let mut copied = 0;
+    walk(iov, pos, src.len(), |p, n, at| {
+        // SAFETY: the segment is valid for writes (IoVec::new's contract);
+        // raw copies make no reference to memory a guest may be changing.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(at), p, n) };
+        copied += n;
+    });
+    copied
 }
 
-/// Fills every segment with zeros: the unread tail past end of file.
-///
-/// # Safety
-/// Every segment must be valid for writes.
-pub unsafe fn zero(iov: &[IoVec]) {
+/// Copies bytes of the segments, starting `pos` bytes into them, into
+/// `dst` (as far as they reach). Returns the bytes copied.
+pub fn copy_from_iov(iov: &[IoVec], pos: usize, dst: &mut [u8]) -> usize {
+    let mut copied = 0;
+    walk(iov, pos, dst.len(), |p, n, at| {
+        // SAFETY: as in copy_to_iov, for reads.
+        unsafe { std::ptr::copy_nonoverlapping(p, dst.as_mut_ptr().add(at), n) };
+        copied += n;
+    });
+    copied
+}
+
+/// Fills every segment with zeros: the unread tail past end of file, the
+/// null driver's reads.
+pub fn zero(iov: &[IoVec]) {
     for v in iov {
-        std::ptr::write_bytes(v.base(), 0, v.len());
+        // SAFETY: the segment is valid for writes (IoVec::new's contract).
+        unsafe { std::ptr::write_bytes(v.base(), 0, v.len()) };
     }
 }
 
@@ -126,14 +144,21 @@ pub unsafe fn zero(iov: &[IoVec]) {
 mod tests {
     use super::*;
 
+    fn seg(b: &mut [u8]) -> IoVec {
+        // SAFETY: the test's buffers outlive the segments and are only
+        // reached through them meanwhile.
+        unsafe { IoVec::new(b.as_mut_ptr(), b.len()) }
+    }
+
     #[test]
     fn advance_drops_whole_and_partial_segments() {
         let mut a = [0u8; 4];
         let mut b = [0u8; 6];
-        let mut v = vec![IoVec::new(a.as_mut_ptr(), 4), IoVec::new(b.as_mut_ptr(), 6)];
+        let bp = b.as_ptr() as usize;
+        let mut v = vec![seg(&mut a), seg(&mut b)];
         advance(&mut v, 5);
         assert_eq!(v.len(), 1);
-        assert_eq!(v[0].base() as usize, b.as_ptr() as usize + 1);
+        assert_eq!(v[0].base() as usize, bp + 1);
         assert_eq!(v[0].len(), 5);
         advance(&mut v, 5);
         assert!(v.is_empty());
@@ -145,18 +170,23 @@ mod tests {
         let mut s = [IoSliceMut::new(&mut buf)];
         let v = IoVec::from_mut_slices(&mut s);
         assert_eq!((v[0].len(), total_len(v)), (3, 3));
-        // SAFETY: buf is live and not otherwise used meanwhile.
-        unsafe { zero(v) };
+        zero(v);
         assert_eq!(buf, [0, 0, 0]);
     }
 
     #[test]
-    fn scatter_and_gather_cross_segments() {
+    fn copies_cross_segments_at_any_position() {
         let (mut a, mut b) = ([0u8; 2], [0u8; 3]);
-        scatter(&[1, 2, 3, 4, 5, 6], &mut [IoSliceMut::new(&mut a), IoSliceMut::new(&mut b)]);
-        assert_eq!((a, b), ([1, 2], [3, 4, 5]));
+        let v = [seg(&mut a), seg(&mut b)];
+        assert_eq!(copy_to_iov(&v, 0, &[1, 2, 3, 4, 5, 6]), 5);
         let mut dst = [0u8; 6];
-        gather(&[IoSlice::new(&a), IoSlice::new(&b)], &mut dst);
+        assert_eq!(copy_from_iov(&v, 0, &mut dst), 5);
         assert_eq!(dst, [1, 2, 3, 4, 5, 0]);
+        assert_eq!(copy_to_iov(&v, 1, &[9, 8]), 2);
+        let mut dst = [0u8; 3];
+        assert_eq!(copy_from_iov(&v, 2, &mut dst), 3);
+        assert_eq!(dst, [8, 4, 5]);
+        assert_eq!(copy_from_iov(&v, 7, &mut dst), 0, "past the end");
+        assert_eq!((a, b), ([1, 9], [8, 4, 5]));
     }
 }

@@ -1,6 +1,5 @@
-//! Drive options shared by the command line, the block layer and devices.
-//! Names and defaults follow QEMU's `-drive` so that users can carry their
-//! command lines over unchanged.
+//! Error policies (QEMU's werror/rerror). Names and defaults follow QEMU's
+//! `-drive` so that users can carry their command lines over unchanged.
 
 use std::fmt;
 use std::str::FromStr;
@@ -88,57 +87,6 @@ impl fmt::Display for OnError {
     }
 }
 
-/// Host page-cache use, as QEMU's `cache=` shorthand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CacheMode {
-    /// O_DIRECT, guest flushes reach the disk.
-    None,
-    /// Page cache, guest flushes reach the disk (QEMU's default).
-    #[default]
-    Writeback,
-    /// Page cache, flushes are dropped: fast and unsafe on host crash.
-    Unsafe,
-}
-
-impl FromStr for CacheMode {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "none" => Ok(CacheMode::None),
-            "writeback" => Ok(CacheMode::Writeback),
-            "unsafe" => Ok(CacheMode::Unsafe),
-            _ => Err(Error::InvalidValue {
-                what: "cache mode",
-                value: s.to_string(),
-                expected: "none, writeback, unsafe",
-            }),
-        }
-    }
-}
-
-/// How a raw file's requests reach the host kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AioEngine {
-    #[default]
-    IoUring,
-    Threads,
-}
-
-impl FromStr for AioEngine {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "io_uring" => Ok(AioEngine::IoUring),
-            "threads" => Ok(AioEngine::Threads),
-            _ => Err(Error::InvalidValue {
-                what: "aio engine",
-                value: s.to_string(),
-                expected: "io_uring, threads",
-            }),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,14 +109,5 @@ mod tests {
         assert_eq!(OnError::parse_read("enospc"), Err(Error::EnospcForRead));
         assert_eq!(OnError::parse_read("stop"), Ok(OnError::Stop));
         assert!(OnError::parse_read("bogus").is_err());
-    }
-
-    #[test]
-    fn parses_cache_and_aio() {
-        assert_eq!("none".parse::<CacheMode>(), Ok(CacheMode::None));
-        assert_eq!("unsafe".parse::<CacheMode>(), Ok(CacheMode::Unsafe));
-        assert!("directsync".parse::<CacheMode>().is_err());
-        assert_eq!("threads".parse::<AioEngine>(), Ok(AioEngine::Threads));
-        assert!("native".parse::<AioEngine>().is_err());
     }
 }

@@ -3,14 +3,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpKind {
-    Read,
-    Write,
-    Flush,
-    Discard,
-}
+use crate::request::Op;
 
+/// Read, write (with write-zeroes), flush, discard.
 const KINDS: usize = 4;
 
 #[derive(Default)]
@@ -31,7 +26,8 @@ pub struct OpStats {
     pub total_time: Duration,
     /// Reached the storage and failed there.
     pub failed: u64,
-    /// Refused before reaching the storage (bad range, no medium, read-only).
+    /// Refused by the device before reaching the block layer (a bad
+    /// sector or range), as QEMU's block_acct_invalid.
     pub invalid: u64,
 }
 
@@ -49,8 +45,14 @@ impl Default for Stats {
 }
 
 impl Stats {
-    fn c(&self, k: OpKind) -> &Counters {
-        &self.kinds[k as usize]
+    fn c(&self, op: Op) -> &Counters {
+        let i = match op.acct() {
+            Op::Read => 0,
+            Op::Write | Op::WriteZeroes => 1,
+            Op::Flush => 2,
+            Op::Discard => 3,
+        };
+        &self.kinds[i]
     }
 
     fn touch(&self) {
@@ -58,7 +60,7 @@ impl Stats {
         self.last_access_ns.store(ns.max(1), Ordering::Relaxed);
     }
 
-    pub fn done(&self, k: OpKind, bytes: u64, took: Duration) {
+    pub fn done(&self, k: Op, bytes: u64, took: Duration) {
         let c = self.c(k);
         c.ops.fetch_add(1, Ordering::Relaxed);
         c.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -66,17 +68,17 @@ impl Stats {
         self.touch();
     }
 
-    pub fn failed(&self, k: OpKind) {
+    pub fn failed(&self, k: Op) {
         self.c(k).failed.fetch_add(1, Ordering::Relaxed);
         self.touch();
     }
 
-    pub fn invalid(&self, k: OpKind) {
+    pub fn invalid(&self, k: Op) {
         self.c(k).invalid.fetch_add(1, Ordering::Relaxed);
         self.touch();
     }
 
-    pub fn get(&self, k: OpKind) -> OpStats {
+    pub fn get(&self, k: Op) -> OpStats {
         let c = self.c(k);
         OpStats {
             ops: c.ops.load(Ordering::Relaxed),

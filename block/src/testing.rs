@@ -5,12 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{IoSlice, IoSliceMut};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::driver::{AsyncMode, BlockDriver, Errno, IoResult};
-use crate::iov::{gather, scatter};
+use crate::iov::{copy_from_iov, copy_to_iov, total_len, IoVec};
 
 #[derive(Default)]
 struct Gate {
@@ -73,7 +72,7 @@ impl BlockDriver for TestDisk {
     fn size(&self) -> IoResult<u64> {
         Ok(self.data().len() as u64)
     }
-    fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
+    fn preadv(&self, offset: u64, iov: &[IoVec]) -> IoResult<()> {
         self.log.lock().unwrap().push(('r', offset));
         {
             let mut g = self.gate.lock().unwrap();
@@ -83,12 +82,13 @@ impl BlockDriver for TestDisk {
                 g = self.cv.wait(g).unwrap();
             }
         }
-        scatter(&self.data()[offset as usize..], iov);
+        copy_to_iov(iov, 0, &self.data()[offset as usize..]);
         Ok(())
     }
-    fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
+    fn pwritev(&self, offset: u64, iov: &[IoVec]) -> IoResult<()> {
         self.log.lock().unwrap().push(('w', offset));
-        gather(iov, &mut self.data()[offset as usize..]);
+        let end = offset as usize + total_len(iov) as usize;
+        copy_from_iov(iov, 0, &mut self.data()[offset as usize..end]);
         Ok(())
     }
     fn flush(&self) -> IoResult<()> {

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use block::drivers::inject::{Count, InjectDriver, Op, Rule};
+use block::drivers::inject::{Count, InjectDriver, Rule};
 use block::drivers::null::NullDriver;
 use block::drivers::raw::RawFile;
-use block::stats::OpKind;
-use block::{BlockBackend, BlockDevOps, BlockDriver, BlockEvent, CacheMode, ErrorAction, Errno, IoStatus, OnError};
+use block::{BlockBackend, BlockDevOps, BlockDriver, BlockEvent, CacheMode, DiscardMode, ErrorAction, Errno, IoStatus, IoVec, OnError, Op, Outcome};
+use std::time::Instant;
 
 fn null_backend(size: u64) -> BlockBackend {
     let b = BlockBackend::new("d0");
@@ -34,7 +34,44 @@ fn range_checks_follow_blk_check_byte_request() {
     b.set_allow_write_beyond_eof(true);
     assert_eq!(b.write(1 << 20, &buf), Ok(()), "allowed beyond EOF");
     assert_eq!(b.read(1 << 20, &mut buf), Err(Errno::EIO), "reads are still checked");
-    assert_eq!(b.stats().get(OpKind::Read).invalid, 4);
+    // Refusals of the block layer are failures for the blocking calls; only
+    // a device's own refusals count as invalid (QEMU's block_acct_invalid).
+    assert_eq!((b.stats().get(Op::Read).failed, b.stats().get(Op::Read).invalid), (4, 0));
+}
+
+#[test]
+fn check_order_is_qemus() {
+    // blk_check_byte_request: too large → EIO before no medium → ENOMEDIUM
+    // before out of range → EIO; read-only's EPERM only after all of those.
+    let empty = BlockBackend::new("e");
+    empty.set_read_only(true);
+    let huge = block::backend::MAX_REQUEST_BYTES + 512;
+    assert_eq!(empty.discard(0, huge), Err(Errno::EIO), "oversized beats no medium");
+    assert_eq!(empty.discard(0, 512), Err(Errno::ENOMEDIUM), "no medium beats read-only");
+    assert_eq!(empty.write_zeroes(u64::MAX - 10, 512, false), Err(Errno::ENOMEDIUM), "no medium beats range");
+    let b = null_backend(1 << 20);
+    b.set_read_only(true);
+    assert_eq!(b.discard(1 << 20, 512), Err(Errno::EIO), "range beats read-only");
+    assert_eq!(b.write(u64::MAX - 10, &[0u8; 512]), Err(Errno::EIO), "overflow beats read-only");
+    assert_eq!(b.write(0, &[0u8; 512]), Err(Errno::EPERM));
+    // Flush of a read-only drive: a successful no-op; without medium ENOMEDIUM.
+    assert_eq!(b.flush(), Ok(()));
+    assert_eq!(empty.flush(), Err(Errno::ENOMEDIUM));
+}
+
+#[test]
+fn flush_and_truncate_with_the_tray_open_are_enomedium() {
+    let b = null_backend(1 << 20);
+    let cd = Arc::new(MockCd::default());
+    b.attach_dev(cd.clone());
+    cd.tray_open.store(true, Ordering::SeqCst);
+    assert_eq!(b.flush(), Err(Errno::ENOMEDIUM));
+    assert_eq!(b.truncate(4096), Err(Errno::ENOMEDIUM));
+    assert_eq!(b.getlength(), Err(Errno::ENOMEDIUM));
+    assert_eq!(b.read(0, &mut [0u8; 512]), Err(Errno::ENOMEDIUM));
+    cd.tray_open.store(false, Ordering::SeqCst);
+    assert_eq!(b.flush(), Ok(()));
+    assert_eq!(b.truncate(4096), Ok(()));
 }
 
 #[test]
@@ -77,10 +114,15 @@ fn error_actions_for_every_policy_and_errno() {
             assert_eq!(b.error_action(true, *e), ErrorAction::Report, "rerror=report");
         }
     }
-    for read_policy in [OnError::Report, OnError::Ignore, OnError::Stop] {
+    // QEMU's table for rerror, written out: enospc is refused for reads.
+    for (read_policy, want) in
+        [(OnError::Report, ErrorAction::Report), (OnError::Ignore, ErrorAction::Ignore), (OnError::Stop, ErrorAction::Stop)]
+    {
         b.set_on_error(read_policy, OnError::Report).unwrap();
-        let want = read_policy.action(libc::EIO);
-        assert_eq!(b.error_action(true, Errno::ENOSPC), want);
+        for e in errnos {
+            assert_eq!(b.error_action(true, e), want, "rerror={read_policy} errno={e:?}");
+            assert_eq!(b.error_action(false, e), ErrorAction::Report, "werror=report");
+        }
     }
     assert!(b.set_on_error(OnError::Enospc, OnError::Report).is_err());
 }
@@ -105,20 +147,31 @@ fn handle_error_sets_iostatus_once_and_reports_events() {
     assert_eq!(b.iostatus(), Some(IoStatus::Ok));
     let ev = events.lock().unwrap();
     assert_eq!(ev.len(), 3);
+    let node = b.node_name().unwrap();
+    assert!(node.starts_with("#block"), "{node}");
     assert_eq!(
         ev[1],
         BlockEvent::IoError {
             device: "d0".into(),
+            node_name: Some(node),
             operation: "write",
             action: ErrorAction::Stop,
             nospace: Some(true),
-            reason: Errno::ENOSPC.to_string()
+            reason: "No space left on device".into(),
         }
     );
     assert!(matches!(ev[2], BlockEvent::IoError { operation: "read", nospace: Some(false), .. }));
-    // With policies that cannot stop, iostatus is not shown (QEMU's rule).
+    // With policies that cannot stop, iostatus is not shown, nor `nospace`
+    // in the event (QEMU's blk_iostatus_is_enabled).
     b.set_on_error(OnError::Report, OnError::Report).unwrap();
     assert_eq!(b.iostatus(), None);
+    drop(ev);
+    b.handle_error(false, Errno::ENOSPC);
+    assert!(matches!(events.lock().unwrap()[3], BlockEvent::IoError { nospace: None, .. }));
+    // Without a medium the event has no node name.
+    b.remove_medium();
+    b.handle_error(false, Errno::EIO);
+    assert!(matches!(events.lock().unwrap()[4], BlockEvent::IoError { node_name: None, .. }));
 }
 
 #[test]
@@ -133,14 +186,14 @@ fn stats_count_ops_bytes_failures() {
     b.write(0, &buf).unwrap();
     b.flush().unwrap();
     b.discard(0, 8192).unwrap();
-    inject.add_rule(Rule { op: Op::Read, sectors: None, errno: libc::EIO, count: Count::Once });
+    inject.add_rule(Rule { op: Some(Op::Read), sectors: None, errno: libc::EIO, count: Count::Once });
     assert_eq!(b.read(0, &mut buf), Err(Errno::EIO));
-    let r = b.stats().get(OpKind::Read);
+    let r = b.stats().get(Op::Read);
     assert_eq!((r.ops, r.bytes, r.failed, r.invalid), (2, 4608, 1, 0));
-    let w = b.stats().get(OpKind::Write);
+    let w = b.stats().get(Op::Write);
     assert_eq!((w.ops, w.bytes), (1, 4096));
-    assert_eq!(b.stats().get(OpKind::Flush).ops, 1);
-    assert_eq!(b.stats().get(OpKind::Discard).bytes, 8192);
+    assert_eq!(b.stats().get(Op::Flush).ops, 1);
+    assert_eq!(b.stats().get(Op::Discard).bytes, 8192);
     assert!(b.stats().idle_time().is_some());
 }
 
@@ -262,6 +315,8 @@ fn o_direct_raw_file_matches_a_memory_model_under_random_io() {
     assert!(drv.request_alignment() >= 512, "O_DIRECT alignment {}", drv.request_alignment());
     let b = BlockBackend::new("prop");
     b.insert_medium(drv, "prop").unwrap();
+    // The model zeroes discarded ranges: punch holes.
+    b.set_discard(DiscardMode::Unmap);
     let mut model = vec![0u8; SIZE as usize];
     for seed in [1u64, 0xdead_beef, 42, 7_777_777] {
         let mut rng = Rng(seed);
@@ -306,4 +361,163 @@ fn o_direct_raw_file_matches_a_memory_model_under_random_io() {
     let on_disk = std::fs::read(&path).unwrap();
     let _ = std::fs::remove_file(&path);
     assert!(on_disk == model, "file differs from the model at the end");
+}
+
+/// Storage that logs every call, fails discards with a chosen errno, and
+/// takes at most `max_discard` bytes per discard.
+#[derive(Default)]
+struct LogDisk {
+    calls: Mutex<Vec<(&'static str, u64, u64, bool)>>,
+    discard_errno: Option<i32>,
+    max_discard: u64,
+}
+
+impl BlockDriver for LogDisk {
+    fn name(&self) -> &'static str {
+        "log"
+    }
+    fn size(&self) -> block::IoResult<u64> {
+        Ok(1 << 30)
+    }
+    fn preadv(&self, off: u64, iov: &[IoVec]) -> block::IoResult<()> {
+        self.calls.lock().unwrap().push(("read", off, block::iov::total_len(iov), false));
+        Ok(())
+    }
+    fn pwritev(&self, off: u64, iov: &[IoVec]) -> block::IoResult<()> {
+        self.calls.lock().unwrap().push(("write", off, block::iov::total_len(iov), false));
+        Ok(())
+    }
+    fn flush(&self) -> block::IoResult<()> {
+        self.calls.lock().unwrap().push(("flush", 0, 0, false));
+        Ok(())
+    }
+    fn discard(&self, off: u64, len: u64) -> block::IoResult<()> {
+        self.calls.lock().unwrap().push(("discard", off, len, false));
+        self.discard_errno.map_or(Ok(()), |e| Err(Errno(e)))
+    }
+    fn write_zeroes(&self, off: u64, len: u64, unmap: bool) -> block::IoResult<()> {
+        self.calls.lock().unwrap().push(("zeroes", off, len, unmap));
+        Ok(())
+    }
+    fn truncate(&self, _: u64) -> block::IoResult<()> {
+        Ok(())
+    }
+    fn max_discard(&self) -> u64 {
+        if self.max_discard == 0 {
+            block::backend::MAX_REQUEST_BYTES
+        } else {
+            self.max_discard
+        }
+    }
+}
+
+fn log_backend(disk: LogDisk) -> (BlockBackend, Arc<LogDisk>) {
+    let disk = Arc::new(disk);
+    let b = BlockBackend::new("log");
+    b.insert_medium(disk.clone(), "log").unwrap();
+    (b, disk)
+}
+
+#[test]
+fn discard_follows_the_discard_key() {
+    // discard=ignore (the default, as QEMU's): success, nothing reaches the
+    // storage, and write-zeroes never deallocates.
+    let (b, disk) = log_backend(LogDisk::default());
+    assert_eq!(b.discard_mode(), DiscardMode::Ignore);
+    assert_eq!(b.discard(0, 8192), Ok(()));
+    assert_eq!(b.write_zeroes(0, 4096, true), Ok(()));
+    assert_eq!(*disk.calls.lock().unwrap(), vec![("zeroes", 0, 4096, false)]);
+    // discard=unmap: split to the driver's limit, and unmap honoured.
+    let (b, disk) = log_backend(LogDisk { max_discard: 4096, ..Default::default() });
+    b.set_discard(DiscardMode::Unmap);
+    assert_eq!(b.discard(512, 10000), Ok(()));
+    assert_eq!(b.write_zeroes(0, 4096, true), Ok(()));
+    assert_eq!(
+        *disk.calls.lock().unwrap(),
+        vec![("discard", 512, 4096, false), ("discard", 4608, 4096, false), ("discard", 8704, 1808, false), ("zeroes", 0, 4096, true)]
+    );
+}
+
+#[test]
+fn discard_enotsup_is_success_and_other_errors_are_not() {
+    // A host file system without hole punching must never make a guest's
+    // TRIM fail (and so never stop a VM under werror=stop), as in QEMU.
+    let (b, _) = log_backend(LogDisk { discard_errno: Some(libc::EOPNOTSUPP), ..Default::default() });
+    b.set_discard(DiscardMode::Unmap);
+    assert_eq!(b.discard(0, 4096), Ok(()));
+    let (b, _) = log_backend(LogDisk { discard_errno: Some(libc::EIO), ..Default::default() });
+    b.set_discard(DiscardMode::Unmap);
+    assert_eq!(b.discard(0, 4096), Err(Errno::EIO));
+}
+
+#[test]
+fn write_cache_off_makes_every_write_stable_before_it_completes() {
+    // cache=writethrough and directsync: a write is followed by a flush
+    // before it completes; with the cache on it is not.
+    let (b, disk) = log_backend(LogDisk::default());
+    b.set_write_cache(CacheMode::Writethrough.write_cache());
+    b.write(0, &[1u8; 512]).unwrap();
+    b.write_zeroes(4096, 4096, false).unwrap();
+    b.read(0, &mut [0u8; 512]).unwrap();
+    assert_eq!(
+        *disk.calls.lock().unwrap(),
+        vec![("write", 0, 512, false), ("flush", 0, 0, false), ("zeroes", 4096, 4096, false), ("flush", 0, 0, false), ("read", 0, 512, false)]
+    );
+    let (b, disk) = log_backend(LogDisk::default());
+    b.set_write_cache(CacheMode::Writeback.write_cache());
+    b.write(0, &[1u8; 512]).unwrap();
+    assert_eq!(*disk.calls.lock().unwrap(), vec![("write", 0, 512, false)]);
+}
+
+#[test]
+fn complete_request_accounts_as_qemus_devices() {
+    let b = null_backend(1 << 20);
+    b.set_on_error(OnError::Ignore, OnError::Stop).unwrap();
+    let t = Instant::now();
+    assert_eq!(b.complete_request(Op::Read, 512, t, Ok(())), Outcome::Ok);
+    // Ignored: done, with its bytes.
+    assert_eq!(b.complete_request(Op::Read, 1024, t, Err(Errno::EIO)), Outcome::Ok);
+    // Stopped: not accounted at all; its retry is, once.
+    assert_eq!(b.complete_request(Op::Write, 4096, t, Err(Errno::EIO)), Outcome::Stop);
+    assert_eq!(b.stats().get(Op::Write), Default::default());
+    assert_eq!(b.complete_request(Op::Write, 4096, t, Ok(())), Outcome::Ok);
+    b.set_on_error(OnError::Report, OnError::Report).unwrap();
+    assert_eq!(b.complete_request(Op::WriteZeroes, 8192, t, Err(Errno::ENOSPC)), Outcome::Error(Errno::ENOSPC));
+    let (r, w) = (b.stats().get(Op::Read), b.stats().get(Op::Write));
+    assert_eq!((r.ops, r.bytes, r.failed), (2, 1536, 0));
+    assert_eq!((w.ops, w.bytes, w.failed), (1, 4096, 1), "write-zeroes counts as a write");
+}
+
+#[test]
+#[should_panic(expected = "drained_end without drained_begin")]
+fn an_unbalanced_drained_end_is_caught() {
+    let b = null_backend(4096);
+    b.drained_begin();
+    b.drained_end();
+    b.drained_end();
+}
+
+#[test]
+fn media_operations_drain_first() {
+    // A drained section seen by the device around each media operation.
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<&'static str>>);
+    impl BlockDevOps for Seen {
+        fn drained_begin(&self) {
+            self.0.lock().unwrap().push("begin");
+        }
+        fn drained_end(&self) {
+            self.0.lock().unwrap().push("end");
+        }
+    }
+    let b = BlockBackend::new("m");
+    let dev = Arc::new(Seen::default());
+    b.attach_dev(dev.clone());
+    b.insert_medium(Arc::new(NullDriver::new(4096)), "a").unwrap();
+    let old = b.change_medium(Arc::new(NullDriver::new(8192)), "b");
+    assert_eq!(old.map(|d| d.size()), Some(Ok(4096)));
+    assert_eq!(b.getlength(), Ok(8192));
+    assert!(b.remove_medium().is_some());
+    assert_eq!(*dev.0.lock().unwrap(), ["begin", "end"].repeat(3));
+    assert!(!b.is_drained());
 }

@@ -6,10 +6,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use block::drivers::inject::{Count, InjectDriver, Op, Rule};
+use block::drivers::inject::{Count, InjectDriver, Rule};
 use block::drivers::raw::RawFile;
 use block::testing::TestDisk;
-use block::{AioEngine, BlockBackend, BlockEvent, CacheMode, ErrorAction, OnError};
+use block::{AioEngine, BlockBackend, BlockEvent, CacheMode, ErrorAction, OnError, Op};
 use devices::virtio::block::QUEUE_SIZE;
 use devices::virtio::testing::*;
 use virtio_bindings::virtio_blk::*;
@@ -100,10 +100,13 @@ fn every_request_type() {
     d.wait_used(11);
     assert_eq!([d.status(unk), d.status(past), d.status(wrap), d.status(odd)], [S_UNSUPP, S_IOERR, S_IOERR, S_IOERR]);
 
-    use block::stats::OpKind;
-    assert_eq!(b.stats().get(OpKind::Flush).ops, 1);
-    assert_eq!(b.stats().get(OpKind::Discard).ops, 1);
-    assert_eq!(b.stats().get(OpKind::Write).ops, 2, "write and write-zeroes");
+    assert_eq!(b.stats().get(Op::Flush).ops, 1);
+    assert_eq!(b.stats().get(Op::Discard).ops, 1);
+    assert_eq!(b.stats().get(Op::Write).ops, 2, "write and write-zeroes");
+    // Refused by the device (out of range, odd length): invalid, as QEMU's
+    // block_acct_invalid; the unknown type is not accounted (QEMU neither).
+    assert_eq!(b.stats().get(Op::Read).invalid, 2, "past the end and wrapping");
+    assert_eq!(b.stats().get(Op::Write).invalid, 1, "odd length");
 
     // Idle again after io_uring completions: the I/O thread must sleep,
     // not spin on an eventfd it never reads.
@@ -116,22 +119,33 @@ fn every_request_type() {
 
 #[test]
 fn without_negotiated_flush_writes_are_flushed_before_completing() {
-    let (b, path) = file_backend("wt", false);
+    // The storage fails its next flush: a write that is flushed before it
+    // completes then fails, one that is not succeeds and leaves the rule.
+    let disk = TestDisk::new(DISK as usize, true);
+    let inject = Arc::new(InjectDriver::new(disk.clone()));
+    let b = Arc::new(BlockBackend::new("wt"));
+    b.insert_medium(inject.clone(), "inject").unwrap();
+    b.set_on_error(OnError::Report, OnError::Report).unwrap();
     let mut d = Driver::new(b.clone(), AioEngine::IoUring, None);
+    assert_ne!(d.features() & (1 << VIRTIO_BLK_F_FLUSH), 0, "FLUSH offered");
+    inject.add_rule(Rule { op: Some(Op::Flush), sectors: None, errno: libc::EIO, count: Count::Once });
     d.init(1 << VIRTIO_BLK_F_FLUSH);
+    assert_eq!(d.config(32, 1), 0, "config writeback shows the cache off");
     let w = d.request(VIRTIO_BLK_T_OUT, 0, &pattern(3, 4096), 0);
     d.notify();
     d.wait_used(1);
-    assert_eq!(d.status(w), S_OK);
-    assert_eq!(b.stats().get(block::stats::OpKind::Flush).ops, 1, "write-through: one flush per write");
-    // With FLUSH negotiated, writes are not flushed by the device.
+    assert_eq!(d.status(w), S_IOERR, "the write's flush failed, so must the write");
+    assert_eq!(inject.armed(), 0);
+    // With FLUSH negotiated the cache is on again and writes are not flushed.
+    inject.add_rule(Rule { op: Some(Op::Flush), sectors: None, errno: libc::EIO, count: Count::Once });
     d.init(0);
+    assert_eq!(d.config(32, 1), 1, "config writeback shows the cache on");
     let w = d.request(VIRTIO_BLK_T_OUT, 0, &pattern(4, 4096), 0);
     d.notify();
     d.wait_used(1);
     assert_eq!(d.status(w), S_OK);
-    assert_eq!(b.stats().get(block::stats::OpKind::Flush).ops, 1);
-    let _ = std::fs::remove_file(path);
+    assert_eq!(inject.armed(), 1, "no flush reached the storage");
+    assert_eq!(&disk.data()[..4096], &pattern(4, 4096)[..]);
 }
 
 #[test]
@@ -340,7 +354,7 @@ fn reset_waits_for_requests_in_flight_and_reactivation_works() {
 fn stop_policy_holds_and_retries_in_order() {
     let disk = TestDisk::new(DISK as usize, true);
     let inject = Arc::new(InjectDriver::new(disk.clone()));
-    inject.add_rule(Rule { op: Op::Write, sectors: Some((8, 8)), errno: libc::ENOSPC, count: Count::Once });
+    inject.add_rule(Rule { op: Some(Op::Write), sectors: Some((8, 8)), errno: libc::ENOSPC, count: Count::Once });
     let b = Arc::new(BlockBackend::new("stopper"));
     b.insert_medium(inject, "inject").unwrap();
     b.set_on_error(OnError::Report, OnError::Stop).unwrap();

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use block::{AioEngine, CacheMode, OnError};
+use block::{AioEngine, CacheMode, DiscardMode, OnError};
 
 use crate::cli::Cli;
 
@@ -74,6 +74,7 @@ pub struct DriveConfig {
     pub readonly: bool,
     pub cache: CacheMode,
     pub aio: AioEngine,
+    pub discard: DiscardMode,
     pub werror: OnError,
     pub rerror: OnError,
     pub id: String,
@@ -281,6 +282,7 @@ fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
     let mut readonly = None;
     let mut cache = CacheMode::default();
     let mut aio = AioEngine::default();
+    let mut discard = DiscardMode::default();
     let mut werror = OnError::DEFAULT_WRITE;
     let mut rerror = OnError::DEFAULT_READ;
     let mut id = String::new();
@@ -329,6 +331,7 @@ fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
             "readonly" => readonly = Some(parse_onoff(value).map_err(|e| format!("readonly: {e}"))?),
             "cache" => cache = value.parse().map_err(bad)?,
             "aio" => aio = value.parse().map_err(bad)?,
+            "discard" => discard = value.parse().map_err(bad)?,
             "werror" => werror = value.parse().map_err(bad)?,
             "rerror" => rerror = OnError::parse_read(value).map_err(bad)?,
             "id" => {
@@ -365,7 +368,7 @@ fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
         None if media == Media::Disk => return Err("file= is required for a disk".into()),
         None => {}
     }
-    Ok(DriveConfig { file, interface, media, index, readonly, cache, aio, werror, rerror, id, serial })
+    Ok(DriveConfig { file, interface, media, index, readonly, cache, aio, discard, werror, rerror, id, serial })
 }
 
 /// Splits on commas, with QEMU's escape: ",," is a literal comma (for paths).

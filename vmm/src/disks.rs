@@ -25,6 +25,8 @@ use crate::{Error, Result};
 pub fn open_backend(d: &DriveConfig) -> Result<Arc<BlockBackend>> {
     let backend = Arc::new(BlockBackend::new(&d.id));
     backend.set_read_only(d.readonly);
+    backend.set_write_cache(d.cache.write_cache());
+    backend.set_discard(d.discard);
     backend.set_on_error(d.rerror, d.werror).map_err(|e| Error::Drive(d.id.clone(), e.to_string()))?;
     backend.iostatus_enable();
     if let Some(path) = &d.file {
@@ -70,7 +72,7 @@ pub fn create_virtio_disks(vm: &VmFd, mem: &GuestMemory, drives: &[DriveConfig])
 
 /// One line per drive with QEMU's blockstats counters, for `--print-blockstats`.
 pub fn stats_line(b: &BlockBackend) -> String {
-    use block::stats::OpKind;
+    use block::Op as OpKind;
     let s = b.stats();
     let (r, w, f, d) = (s.get(OpKind::Read), s.get(OpKind::Write), s.get(OpKind::Flush), s.get(OpKind::Discard));
     format!(

@@ -16,21 +16,30 @@
 //!
 //! Completions that are ready at submission do not touch the eventfd:
 //! callers poll after each batch they submit.
+//!
+//! A request counts as in flight for drain from its admission until `poll`
+//! hands its completion back. Requests submitted while a drained section is
+//! open are parked, in order, and started once the section ends (the
+//! backend then signals the eventfd). Nothing is accounted here: the
+//! device decides what a completion means (`BlockBackend::complete_request`).
 
 pub mod pool;
 
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, Once};
-use std::time::Instant;
 
 use io_uring::{opcode, types, IoUring};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::backend::{is_aligned, BlockBackend};
+use crate::backend::BlockBackend;
+use crate::drain::Waker;
 use crate::driver::{AsyncMode, BlockDriver, Errno, IoResult};
+use crate::drivers::options::AioEngine;
+use crate::io::{exec, needs_bounce, Job};
 use crate::iov::{advance, total_len, zero, IoVec};
-use crate::policy::AioEngine;
-use crate::request::{Completion, ReqOp, Request};
+use crate::request::{Completion, Op, Request};
+use pool::Pool;
 
 /// Ring size; also the most requests one queue keeps in io_uring at once
 /// (more go to the thread pool), so the completion ring (twice as large)
@@ -44,14 +53,13 @@ const IOV_MAX: usize = 1024;
 /// A request in io_uring.
 struct Slot {
     token: u64,
-    op: ReqOp,
-    /// The whole request's bytes, for the statistics.
-    bytes: u64,
+    op: Op,
     /// Where what is left to transfer starts (short transfers resubmit).
     offset: u64,
     iov: Vec<IoVec>,
-    start: Instant,
     fd: RawFd,
+    /// RWF_DSYNC on writes: the write cache is off.
+    dsync: bool,
     /// Keeps the file open until the kernel is done with it, even if the
     /// medium is removed meanwhile.
     drv: Arc<dyn BlockDriver>,
@@ -65,24 +73,77 @@ struct Shared {
     done: Mutex<Vec<Completion>>,
 }
 
+impl Shared {
+    fn deliver(&self, c: Completion) {
+        self.done.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+        let _ = self.efd.write(1);
+    }
+}
+
+/// Delivers a pool job's completion when dropped: with the job's result,
+/// or EIO when the job panicked before it had one. No completion is lost.
+struct Delivery {
+    shared: Arc<Shared>,
+    token: u64,
+    result: Option<IoResult<()>>,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        let result = self.result.take().unwrap_or(Err(Errno::EIO));
+        self.shared.deliver(Completion { token: self.token, result });
+    }
+}
+
+/// What an io_uring_enter failure means for the queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnterError {
+    /// Interrupted: try again now.
+    Retry,
+    /// The kernel is short of resources or its completion queue is full:
+    /// reap, then try again later, never in a tight loop.
+    Later,
+    /// Anything else will not get better: the ring is given up, its
+    /// unsubmitted requests fail, new ones go to the pool.
+    Broken,
+}
+
+fn classify(e: &std::io::Error) -> EnterError {
+    match e.raw_os_error() {
+        Some(libc::EINTR) => EnterError::Retry,
+        Some(libc::EAGAIN) | Some(libc::EBUSY) => EnterError::Later,
+        _ => EnterError::Broken,
+    }
+}
+
 pub struct IoQueue {
     backend: Arc<BlockBackend>,
     shared: Arc<Shared>,
+    /// Registered with the backend while requests are parked.
+    waker: Waker,
+    pool: Arc<Pool>,
     ring: Option<IoUring>,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     /// Completions known at submission, returned by the next poll.
     ready: Vec<Completion>,
+    /// Requests that arrived inside a drained section, in order.
+    parked: VecDeque<Request>,
     cqes: Vec<(u64, i32)>,
+    /// Slots pushed to the submission ring that the kernel has not taken.
+    queued: Vec<usize>,
     ring_inflight: usize,
     pool_inflight: usize,
-    /// SQEs pushed but not yet given to the kernel.
-    unsubmitted: bool,
 }
 
 fn io_uring_unavailable(e: &std::io::Error) {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| eprintln!("block: io_uring is unavailable ({e}); using the thread pool"));
+}
+
+fn io_uring_broken(e: &std::io::Error) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| eprintln!("block: io_uring failed ({e}); using the thread pool"));
 }
 
 /// A ring whose completions do not interrupt the owner thread while it
@@ -95,12 +156,20 @@ fn new_ring() -> std::io::Result<IoUring> {
     IoUring::builder().setup_coop_taskrun().setup_taskrun_flag().build(RING_ENTRIES).or_else(|_| IoUring::new(RING_ENTRIES))
 }
 
+/// Sleeps until the eventfd is readable or `timeout_ms` passes (-1: no
+/// limit), then clears it.
+fn wait_eventfd(efd: &EventFd, timeout_ms: i32) {
+    let mut p = libc::pollfd { fd: efd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: polls one descriptor we own.
+    unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    let _ = efd.read();
+}
+
 impl IoQueue {
     /// A queue for `backend`. `AioEngine::IoUring` falls back to the thread
     /// pool, said once on stderr, when the kernel refuses io_uring.
     pub fn new(backend: Arc<BlockBackend>, engine: AioEngine) -> Result<IoQueue, crate::Error> {
-        let efd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-            .map_err(|e| crate::Error::Queue(e.to_string()))?;
+        let efd = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|e| crate::Error::Queue(e.to_string()))?;
         let ring = match engine {
             AioEngine::Threads => None,
             AioEngine::IoUring => {
@@ -111,17 +180,24 @@ impl IoQueue {
                 r.inspect_err(io_uring_unavailable).ok()
             }
         };
+        let shared = Arc::new(Shared { efd, done: Mutex::new(Vec::new()) });
+        let for_waker = shared.clone();
         Ok(IoQueue {
             backend,
-            shared: Arc::new(Shared { efd, done: Mutex::new(Vec::new()) }),
+            shared,
+            waker: Arc::new(move || {
+                let _ = for_waker.efd.write(1);
+            }),
+            pool: Arc::new(Pool::default()),
             ring,
             slots: Vec::new(),
             free: Vec::new(),
             ready: Vec::new(),
+            parked: VecDeque::new(),
             cqes: Vec::new(),
+            queued: Vec::new(),
             ring_inflight: 0,
             pool_inflight: 0,
-            unsubmitted: false,
         })
     }
 
@@ -138,49 +214,82 @@ impl IoQueue {
         &self.backend
     }
 
+    /// This queue's worker threads, for tests.
+    pub fn pool_workers(&self) -> usize {
+        self.pool.workers()
+    }
+
     /// Readable when completions may be waiting: read it (`on_event` does)
     /// and poll.
     pub fn eventfd(&self) -> RawFd {
         self.shared.efd.as_raw_fd()
     }
 
-    /// Submitted requests whose completion `poll` has not returned yet.
+    /// Submitted requests whose completion `poll` has not returned yet
+    /// (parked ones included).
     pub fn pending(&self) -> usize {
+        self.in_flight() + self.parked.len()
+    }
+
+    /// Requests started and not yet handed back.
+    fn in_flight(&self) -> usize {
         self.ring_inflight + self.pool_inflight + self.ready.len()
+    }
+
+    /// Requests waiting for a drained section to end.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
     }
 
     /// Submits a request. Refused requests (bad range, no medium, read-only)
     /// complete with their error like any other.
     ///
     /// # Safety
-    /// The memory behind `req.iov` must stay valid, and untouched by anyone
-    /// else, until `poll` has returned the request's completion (or the
-    /// queue is dropped, which waits for everything in flight).
+    /// The memory behind the request's segments must stay valid, and
+    /// untouched by anyone else, until `poll` has returned the request's
+    /// completion (or the queue is dropped, which waits for everything
+    /// started and never starts what is parked).
     pub unsafe fn submit(&mut self, req: Request) {
-        let drv = match self.backend.prepare(req.op, req.offset, req.len) {
-            Ok(d) => d,
-            Err(e) => return self.ready.push(Completion { token: req.token, result: Err(e) }),
+        self.unpark();
+        if !self.parked.is_empty() || !self.backend.try_enter(&self.waker) {
+            self.parked.push_back(req);
+            return;
+        }
+        self.start(req);
+    }
+
+    /// Starts parked requests, in order, while no section is open.
+    fn unpark(&mut self) {
+        while !self.parked.is_empty() && self.backend.try_enter(&self.waker) {
+            if let Some(req) = self.parked.pop_front() {
+                self.start(req);
+            }
+        }
+    }
+
+    /// Runs an admitted request, or queues it with an engine.
+    fn start(&mut self, req: Request) {
+        let (drv, job) = match self.backend.prepare(&req) {
+            Ok(Some(x)) => x,
+            Ok(None) => return self.ready.push(Completion { token: req.token(), result: Ok(()) }),
+            Err(e) => return self.ready.push(Completion { token: req.token(), result: Err(e) }),
         };
-        self.backend.request_begin();
-        let start = Instant::now();
         let mode = drv.async_mode();
         // A flush that the file drops (cache=unsafe) is as cheap as null's.
-        let inline = mode == AsyncMode::Inline || (req.op == ReqOp::Flush && matches!(mode, AsyncMode::File { flush: false, .. }));
+        let inline = mode == AsyncMode::Inline || (job.op == Op::Flush && matches!(mode, AsyncMode::File { flush: false, .. }));
         if inline {
-            let r = self.backend.exec(&*drv, req.op, req.offset, req.len, &req.iov);
-            self.backend.request_end();
-            let result = self.backend.account(req.op, req.len, start, r);
-            return self.ready.push(Completion { token: req.token, result });
+            let result = exec(self.backend.gate(), &*drv, job, req.iov());
+            return self.ready.push(Completion { token: req.token(), result });
         }
         match mode {
-            AsyncMode::File { fd, .. } if self.ring_can_take(&*drv, req.op, req.offset, &req.iov) => {
-                let gate = req.op == ReqOp::Write && drv.request_alignment() > 1;
+            AsyncMode::File { fd, flush } if self.ring_can_take(&*drv, job, req.iov()) => {
+                let gate = job.op == Op::Write && drv.request_alignment() > 1;
                 if gate && !self.backend.gate().try_shared() {
                     // An unaligned write holds the file: wait for it on the pool.
-                    return self.run_on_pool(drv, req, start);
+                    return self.run_on_pool(drv, job, req);
                 }
-                let Request { op, offset, len, iov, token } = req;
-                let slot = Slot { token, op, bytes: len, offset, iov, start, fd, drv, gate };
+                let token = req.token();
+                let slot = Slot { token, op: job.op, offset: job.offset, iov: req.into_iov(), fd, dsync: job.fua && flush, drv, gate };
                 let idx = match self.free.pop() {
                     Some(i) => {
                         self.slots[i] = Some(slot);
@@ -194,31 +303,26 @@ impl IoQueue {
                 self.ring_inflight += 1;
                 self.push_sqe(idx);
             }
-            _ => self.run_on_pool(drv, req, start),
+            _ => self.run_on_pool(drv, job, req),
         }
     }
 
-    fn ring_can_take(&self, drv: &dyn BlockDriver, op: ReqOp, offset: u64, iov: &[IoVec]) -> bool {
+    fn ring_can_take(&self, drv: &dyn BlockDriver, job: Job, iov: &[IoVec]) -> bool {
         self.ring.is_some()
-            && matches!(op, ReqOp::Read | ReqOp::Write | ReqOp::Flush)
+            && matches!(job.op, Op::Read | Op::Write | Op::Flush)
             && self.ring_inflight < RING_ENTRIES as usize
             && iov.len() <= IOV_MAX
-            && is_aligned(drv.request_alignment(), offset, iov)
+            && !needs_bounce(drv.request_alignment(), job.offset, iov)
     }
 
-    fn run_on_pool(&mut self, drv: Arc<dyn BlockDriver>, req: Request, start: Instant) {
-        let Request { op, offset, len, iov, token } = req;
+    fn run_on_pool(&mut self, drv: Arc<dyn BlockDriver>, job: Job, req: Request) {
         let backend = self.backend.clone();
-        let shared = self.shared.clone();
+        let delivery = Delivery { shared: self.shared.clone(), token: req.token(), result: None };
         self.pool_inflight += 1;
-        pool::pool().spawn(Box::new(move || {
-            // SAFETY: the submitter promised `iov` stays valid until the
-            // completion is returned, which is after this.
-            let r = unsafe { backend.exec(&*drv, op, offset, len, &iov) };
-            backend.request_end();
-            let result = backend.account(op, len, start, r);
-            shared.done.lock().unwrap_or_else(|e| e.into_inner()).push(Completion { token, result });
-            let _ = shared.efd.write(1);
+        self.pool.spawn(Box::new(move || {
+            // Moved whole into the job, so its drop delivers even on a panic.
+            let mut delivery = delivery;
+            delivery.result = Some(exec(backend.gate(), &*drv, job, req.iov()));
         }));
     }
 
@@ -226,55 +330,88 @@ impl IoQueue {
     fn push_sqe(&mut self, idx: usize) {
         let Some(s) = self.slots[idx].as_ref() else { return };
         let fd = types::Fd(s.fd);
+        let dsync = if s.dsync { libc::RWF_DSYNC } else { 0 };
         let entry = match (s.op, s.iov.as_slice()) {
-            (ReqOp::Read, [one]) => opcode::Read::new(fd, one.base(), one.len() as u32).offset(s.offset).build(),
-            (ReqOp::Read, v) => opcode::Readv::new(fd, IoVec::as_iovec_ptr(v), v.len() as u32).offset(s.offset).build(),
-            (ReqOp::Write, [one]) => opcode::Write::new(fd, one.base(), one.len() as u32).offset(s.offset).build(),
-            (ReqOp::Write, v) => opcode::Writev::new(fd, IoVec::as_iovec_ptr(v), v.len() as u32).offset(s.offset).build(),
+            (Op::Read, [one]) => opcode::Read::new(fd, one.base(), one.len() as u32).offset(s.offset).build(),
+            (Op::Read, v) => opcode::Readv::new(fd, IoVec::as_iovec_ptr(v), v.len() as u32).offset(s.offset).build(),
+            (Op::Write, [one]) => opcode::Write::new(fd, one.base(), one.len() as u32).offset(s.offset).rw_flags(dsync).build(),
+            (Op::Write, v) => opcode::Writev::new(fd, IoVec::as_iovec_ptr(v), v.len() as u32).offset(s.offset).rw_flags(dsync).build(),
             _ => opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(),
         }
         .user_data(idx as u64);
-        let Some(ring) = self.ring.as_mut() else { return };
-        // SAFETY: the entry points at the slot's segments, which live (with
-        // the caller's memory) until the completion is reaped.
-        while unsafe { ring.submission().push(&entry) }.is_err() {
+        loop {
+            let Some(ring) = self.ring.as_mut() else { return self.fail_slot(idx, Errno::EIO) };
+            // SAFETY: the entry points at the slot's segments, which live
+            // (with the caller's memory) until the completion is reaped.
+            if unsafe { ring.submission().push(&entry) }.is_ok() {
+                self.queued.push(idx);
+                return;
+            }
             // Full: hand what is queued to the kernel to make room.
-            if let Err(e) = ring.submit() {
-                if ![libc::EINTR, libc::EAGAIN, libc::EBUSY].contains(&e.raw_os_error().unwrap_or(0)) {
-                    // The kernel refuses: the request fails rather than
-                    // vanish (a lost slot would make `wait` hang).
-                    let errno = Errno(e.raw_os_error().unwrap_or(libc::EIO));
-                    let mut ready = std::mem::take(&mut self.ready);
-                    self.finish(idx, Err(errno), &mut ready);
-                    self.ready = ready;
-                    return;
-                }
+            if !self.enter() {
+                // No room and no way to make it now: fail rather than spin.
+                return self.fail_slot(idx, Errno(libc::EAGAIN));
             }
         }
-        self.unsubmitted = true;
+    }
+
+    /// Fails a slot that never reached the kernel.
+    fn fail_slot(&mut self, idx: usize, errno: Errno) {
+        let mut ready = std::mem::take(&mut self.ready);
+        self.finish(idx, Err(errno), &mut ready);
+        self.ready = ready;
     }
 
     /// Gives queued requests to the kernel now (poll does this too).
     pub fn flush_submissions(&mut self) {
-        if self.unsubmitted {
+        if !self.queued.is_empty() {
             self.enter();
         }
     }
 
     /// One trip into the kernel: submits what is queued and, as the trip
-    /// returns, lets it post the completions it holds back.
-    fn enter(&mut self) {
-        if let Some(ring) = self.ring.as_ref() {
-            // EBUSY/EAGAIN leave the entries queued; the next poll retries.
-            if ring.submit().is_ok() {
-                self.unsubmitted = false;
+    /// returns, lets it post the completions it holds back. False when the
+    /// kernel took nothing and nothing should be retried now.
+    fn enter(&mut self) -> bool {
+        let Some(ring) = self.ring.as_ref() else { return false };
+        for _ in 0..16 {
+            match ring.submit() {
+                Ok(n) => {
+                    let n = n.min(self.queued.len());
+                    self.queued.drain(..n);
+                    return true;
+                }
+                Err(e) => match classify(&e) {
+                    EnterError::Retry => continue,
+                    EnterError::Later => return false,
+                    EnterError::Broken => {
+                        io_uring_broken(&e);
+                        self.break_ring(Errno(e.raw_os_error().unwrap_or(libc::EIO)));
+                        return false;
+                    }
+                },
             }
+        }
+        false
+    }
+
+    /// The ring cannot be used any more: what it never took fails, what it
+    /// took may still complete (it is still reaped), new requests go to the
+    /// pool.
+    fn break_ring(&mut self, errno: Errno) {
+        for idx in std::mem::take(&mut self.queued) {
+            self.fail_slot(idx, errno);
+        }
+        if self.ring_inflight == 0 {
+            self.ring = None;
         }
     }
 
-    /// Appends every completion available now to `out`; returns how many.
+    /// Appends every completion available now to `out` (handing them back,
+    /// so they stop counting as in flight); returns how many.
     pub fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
         let before = out.len();
+        self.unpark();
         out.append(&mut self.ready);
         if self.pool_inflight > 0 {
             let mut done = self.shared.done.lock().unwrap_or_else(|e| e.into_inner());
@@ -290,10 +427,13 @@ impl IoQueue {
                 self.enter();
                 self.reap(out);
             }
-            // Short transfers resubmitted their rest.
+            // Short transfers resubmitted their rest; failed slots are ready.
             self.flush_submissions();
+            out.append(&mut self.ready);
         }
-        out.len() - before
+        let n = out.len() - before;
+        self.backend.leave(n);
+        n
     }
 
     /// Takes the completions visible in the completion ring.
@@ -318,20 +458,19 @@ impl IoQueue {
             let left = total_len(&s.iov);
             let moved = res as u64;
             match s.op {
-                ReqOp::Read | ReqOp::Write if moved < left && moved > 0 => {
+                Op::Read | Op::Write if moved < left && moved > 0 => {
                     advance(&mut s.iov, res as usize);
                     s.offset += moved;
                     return self.push_sqe(idx);
                 }
-                ReqOp::Read if moved < left => {
+                Op::Read if moved < left => {
                     // End of file: the rest reads as zeros, as in the driver.
-                    // SAFETY: the segments are the caller's unread buffers.
-                    unsafe { zero(&s.iov) };
+                    zero(&s.iov);
                     Ok(())
                 }
                 // A write that makes no progress would loop forever.
-                ReqOp::Write if moved < left => Err(Errno::EIO),
-                ReqOp::Write => {
+                Op::Write if moved < left => Err(Errno::EIO),
+                Op::Write => {
                     s.drv.grown_to(s.offset + moved);
                     Ok(())
                 }
@@ -341,8 +480,7 @@ impl IoQueue {
         self.finish(idx, result, out);
     }
 
-    /// Frees slot `idx` and delivers its completion: releases the gate,
-    /// counts it out of flight, accounts it.
+    /// Frees slot `idx` and delivers its completion, releasing the gate.
     fn finish(&mut self, idx: usize, result: IoResult<()>, out: &mut Vec<Completion>) {
         let Some(s) = self.slots[idx].take() else { return };
         self.free.push(idx);
@@ -350,8 +488,6 @@ impl IoQueue {
         if s.gate {
             self.backend.gate().unlock_shared();
         }
-        self.backend.request_end();
-        let result = self.backend.account(s.op, s.bytes, s.start, result);
         out.push(Completion { token: s.token, result });
     }
 
@@ -363,34 +499,49 @@ impl IoQueue {
     }
 
     /// Polls, blocking until at least `min` completions were appended to
-    /// `out` or nothing is left in flight. Returns how many were appended.
+    /// `out` or nothing is pending (parked requests wait for their section
+    /// to end). Returns how many were appended.
     pub fn wait(&mut self, out: &mut Vec<Completion>, min: usize) -> usize {
         let before = out.len();
         loop {
             self.poll(out);
-            if out.len() - before >= min || self.ring_inflight + self.pool_inflight == 0 {
+            if out.len() - before >= min || self.pending() == 0 {
                 return out.len() - before;
             }
-            match self.ring.as_ref() {
-                // Only io_uring to wait for: let the kernel block us.
-                Some(ring) if self.pool_inflight == 0 => {
-                    let _ = ring.submit_and_wait(1);
-                }
-                // The pool (and the ring, through its registered eventfd)
-                // signals the eventfd.
-                _ => {
-                    let mut p = libc::pollfd { fd: self.eventfd(), events: libc::POLLIN, revents: 0 };
-                    // SAFETY: polls one descriptor we own.
-                    unsafe { libc::poll(&mut p, 1, -1) };
-                    let _ = self.shared.efd.read();
+            self.sleep();
+        }
+    }
+
+    /// Sleeps until a completion may have arrived.
+    fn sleep(&mut self) {
+        match self.ring.as_ref() {
+            // Only io_uring to wait for: let the kernel block us.
+            Some(ring) if self.pool_inflight == 0 && self.ring_inflight > 0 && self.parked.is_empty() => {
+                if let Err(e) = ring.submit_and_wait(1) {
+                    match classify(&e) {
+                        EnterError::Retry => {}
+                        // The eventfd (registered with the ring) wakes us;
+                        // the timeout only bounds a missed wake-up.
+                        EnterError::Later => wait_eventfd(&self.shared.efd, 1),
+                        EnterError::Broken => {
+                            io_uring_broken(&e);
+                            self.break_ring(Errno(e.raw_os_error().unwrap_or(libc::EIO)));
+                        }
+                    }
                 }
             }
+            // The pool, the waker of parked requests and the ring (through
+            // its registered eventfd) signal the eventfd. A broken ring's
+            // last completions are reaped every 10 ms.
+            _ if self.ring.is_some() && self.ring_inflight > 0 => wait_eventfd(&self.shared.efd, 10),
+            _ => wait_eventfd(&self.shared.efd, -1),
         }
     }
 
     /// Drains the drive from the queue's own thread: the device is held
     /// back, this queue's requests complete (appended to `out` for the
     /// caller to deliver), and so do any blocking calls on other threads.
+    /// Parked requests stay parked.
     pub fn drain(&mut self, out: &mut Vec<Completion>) {
         self.drained_begin(out);
         self.backend.drained_end();
@@ -400,22 +551,28 @@ impl IoQueue {
     /// `backend().drained_end()`.
     pub fn drained_begin(&mut self, out: &mut Vec<Completion>) {
         self.backend.quiesce_begin();
-        while self.ring_inflight + self.pool_inflight > 0 {
-            self.wait(out, 1);
-        }
         self.poll(out);
+        while self.in_flight() > 0 {
+            self.sleep();
+            self.poll(out);
+        }
         self.backend.wait_idle();
     }
 }
 
 impl Drop for IoQueue {
     /// The kernel and the workers may still be using the slots' segments and
-    /// the callers' memory: wait for them.
+    /// the callers' memory: wait for them, and hand their completions back
+    /// (to nobody) so the drive's in-flight count is right. Parked requests
+    /// never started and are dropped.
     fn drop(&mut self) {
+        self.parked.clear();
         let mut sink = Vec::new();
-        while self.ring_inflight + self.pool_inflight > 0 {
-            self.wait(&mut sink, 1);
-            sink.clear();
+        self.poll(&mut sink);
+        while self.in_flight() > 0 {
+            self.sleep();
+            self.poll(&mut sink);
         }
+        self.pool.close();
     }
 }

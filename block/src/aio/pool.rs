@@ -1,44 +1,53 @@
-//! The thread pool behind `aio=threads`, behind io_uring where io_uring
-//! cannot help (error injection, bounced O_DIRECT requests, discard), and
-//! the fallback when io_uring is unavailable. One pool per process, like
-//! QEMU's: workers are started when every one is busy, up to `MAX_WORKERS`,
-//! so a queue depth of 32 gets 32 requests in the kernel at once.
+//! Worker threads for the requests io_uring cannot take (error injection,
+//! bounced O_DIRECT requests, discard, write-zeroes), for `aio=threads`,
+//! and as the fallback when io_uring is unavailable.
+//!
+//! Each `IoQueue` has its own pool, as each QEMU AioContext has its own:
+//! a drive whose storage hangs can tie up only its own workers, never
+//! another drive's. Workers are started when every one is busy, up to
+//! `MAX_WORKERS` (so a queue depth of 32 gets 32 requests in the kernel at
+//! once), and end after `IDLE` without work. A job that panics does not
+//! take its worker with it.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 pub const MAX_WORKERS: usize = 64;
+const IDLE: Duration = Duration::from_secs(10);
 
-type Job = Box<dyn FnOnce() + Send>;
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
 
 #[derive(Default)]
 struct State {
     jobs: VecDeque<Job>,
     idle: usize,
     workers: usize,
+    closed: bool,
 }
 
+#[derive(Default)]
 pub struct Pool {
     state: Mutex<State>,
     cv: Condvar,
 }
 
-pub fn pool() -> &'static Pool {
-    static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| Pool { state: Mutex::new(State::default()), cv: Condvar::new() })
-}
-
 impl Pool {
-    pub fn spawn(&'static self, job: Job) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn spawn(self: &Arc<Self>, job: Job) {
+        let mut s = self.lock();
         s.jobs.push_back(job);
         if s.idle >= s.jobs.len() {
             self.cv.notify_one();
             return;
         }
         if s.workers < MAX_WORKERS {
-            let started = std::thread::Builder::new().name("block-worker".into()).spawn(move || self.work());
-            if started.is_ok() {
+            let me = self.clone();
+            if std::thread::Builder::new().name("block-worker".into()).spawn(move || me.work()).is_ok() {
                 s.workers += 1;
                 return;
             }
@@ -47,18 +56,39 @@ impl Pool {
         self.cv.notify_one();
     }
 
-    fn work(&'static self) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    /// Workers running now.
+    pub fn workers(&self) -> usize {
+        self.lock().workers
+    }
+
+    /// Lets idle workers end at once; queued jobs still run.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.cv.notify_all();
+    }
+
+    fn work(self: Arc<Self>) {
+        let mut s = self.lock();
         loop {
             if let Some(job) = s.jobs.pop_front() {
                 drop(s);
-                job();
-                s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                // The job delivers its own completion even when it panics
+                // (see `IoQueue`); the worker carries on either way.
+                let _ = catch_unwind(AssertUnwindSafe(job));
+                s = self.lock();
                 continue;
             }
+            if s.closed {
+                break;
+            }
             s.idle += 1;
-            s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+            let (g, timeout) = self.cv.wait_timeout(s, IDLE).unwrap_or_else(|e| e.into_inner());
+            s = g;
             s.idle -= 1;
+            if timeout.timed_out() && s.jobs.is_empty() {
+                break;
+            }
         }
+        s.workers -= 1;
     }
 }

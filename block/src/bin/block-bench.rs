@@ -94,7 +94,7 @@ fn run(a: Args) -> Result<(), String> {
     let backend = Arc::new(BlockBackend::new("bench"));
     backend.insert_medium(drv, "bench").map_err(|e| e.to_string())?;
     let mut q = IoQueue::new(backend.clone(), a.aio).map_err(|e| e.to_string())?;
-    let mut bufs: Vec<AlignedBuf> = (0..a.depth).map(|_| AlignedBuf::new(a.size as usize, 4096)).collect();
+    let mut bufs: Vec<AlignedBuf> = (0..a.depth).map(|_| AlignedBuf::new(a.size as usize, 4096)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
 
     let step = a.step.unwrap_or(a.size);
     let slots = image / a.size;
@@ -116,11 +116,12 @@ fn run(a: Args) -> Result<(), String> {
         o
     };
     let mut submit = |q: &mut IoQueue, slot: usize, buf: &mut AlignedBuf| {
-        let iov = vec![IoVec::new(buf.as_mut_ptr(), a.size as usize)];
-        let off = next_offset();
-        let req = if a.write { Request::write(off, iov, slot as u64) } else { Request::read(off, iov, slot as u64) };
         // SAFETY: each buffer belongs to one request at a time and lives
         // until the queue is dropped, which waits for everything.
+        let iov = vec![unsafe { IoVec::new(buf.as_mut_ptr(), a.size as usize) }];
+        let off = next_offset();
+        let req = if a.write { Request::write(off, iov, slot as u64) } else { Request::read(off, iov, slot as u64) };
+        // SAFETY: as above.
         unsafe { q.submit(req) };
     };
 

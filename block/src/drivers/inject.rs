@@ -4,21 +4,11 @@
 //! and removed while I/O runs, which is how the werror/rerror tests drive a
 //! guest into and out of errors.
 
-use std::io::{IoSlice, IoSliceMut};
 use std::sync::{Arc, Mutex};
 
 use crate::driver::{AsyncMode, BlockDriver, Errno, IoResult};
-
-/// Which requests a rule applies to. Write-zeroes counts as a write, as in
-/// QEMU's error accounting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    Read,
-    Write,
-    Flush,
-    Discard,
-    Any,
-}
+use crate::iov::{total_len, IoVec};
+use crate::request::Op;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Count {
@@ -29,7 +19,9 @@ pub enum Count {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
-    pub op: Op,
+    /// The operation it fails; None: any. Write-zeroes matches a Write
+    /// rule too, as in QEMU's error accounting.
+    pub op: Option<Op>,
     /// Inclusive 512-byte sector range the request must touch; None: any.
     /// A rule with a range never matches a flush, which has none.
     pub sectors: Option<(u64, u64)>,
@@ -85,7 +77,7 @@ impl InjectDriver {
     fn check(&self, op: Op, range: Option<(u64, u64)>) -> IoResult<()> {
         let mut g = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         let pos = g.1.iter().position(|a| {
-            let op_ok = a.rule.op == Op::Any || a.rule.op == op;
+            let op_ok = a.rule.op.is_none_or(|r| r == op || r == op.acct());
             let range_ok = match (a.rule.sectors, range) {
                 (None, _) => true,
                 (Some(_), None) => false,
@@ -113,10 +105,6 @@ impl InjectDriver {
     }
 }
 
-fn iov_len<T: std::ops::Deref<Target = [u8]>>(iov: &[T]) -> u64 {
-    iov.iter().map(|b| b.len() as u64).sum()
-}
-
 impl BlockDriver for InjectDriver {
     fn name(&self) -> &'static str {
         "inject"
@@ -124,12 +112,12 @@ impl BlockDriver for InjectDriver {
     fn size(&self) -> IoResult<u64> {
         self.inner.size()
     }
-    fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
-        self.check(Op::Read, Some((offset, iov_len(iov))))?;
+    fn preadv(&self, offset: u64, iov: &[IoVec]) -> IoResult<()> {
+        self.check(Op::Read, Some((offset, total_len(iov))))?;
         self.inner.preadv(offset, iov)
     }
-    fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
-        self.check(Op::Write, Some((offset, iov_len(iov))))?;
+    fn pwritev(&self, offset: u64, iov: &[IoVec]) -> IoResult<()> {
+        self.check(Op::Write, Some((offset, total_len(iov))))?;
         self.inner.pwritev(offset, iov)
     }
     fn flush(&self) -> IoResult<()> {
@@ -141,7 +129,7 @@ impl BlockDriver for InjectDriver {
         self.inner.discard(offset, len)
     }
     fn write_zeroes(&self, offset: u64, len: u64, unmap: bool) -> IoResult<()> {
-        self.check(Op::Write, Some((offset, len)))?;
+        self.check(Op::WriteZeroes, Some((offset, len)))?;
         self.inner.write_zeroes(offset, len, unmap)
     }
     fn truncate(&self, size: u64) -> IoResult<()> {
@@ -165,6 +153,7 @@ impl BlockDriver for InjectDriver {
 mod tests {
     use super::*;
     use crate::drivers::null::NullDriver;
+    use std::io::{IoSlice, IoSliceMut};
 
     fn dev() -> InjectDriver {
         InjectDriver::new(Arc::new(NullDriver::new(1 << 20)))
@@ -172,18 +161,18 @@ mod tests {
 
     fn read(d: &InjectDriver, off: u64, len: usize) -> IoResult<()> {
         let mut b = vec![0u8; len];
-        d.preadv(off, &mut [IoSliceMut::new(&mut b)])
+        d.preadv(off, IoVec::from_mut_slices(&mut [IoSliceMut::new(&mut b)]))
     }
 
     fn write(d: &InjectDriver, off: u64, len: usize) -> IoResult<()> {
         let b = vec![0u8; len];
-        d.pwritev(off, &[IoSlice::new(&b)])
+        d.pwritev(off, IoVec::from_slices(&[IoSlice::new(&b)]))
     }
 
     #[test]
     fn once_fails_exactly_one_request() {
         let d = dev();
-        d.add_rule(Rule { op: Op::Write, sectors: None, errno: libc::EIO, count: Count::Once });
+        d.add_rule(Rule { op: Some(Op::Write), sectors: None, errno: libc::EIO, count: Count::Once });
         assert_eq!(read(&d, 0, 512), Ok(()), "reads pass");
         assert_eq!(write(&d, 0, 512), Err(Errno::EIO));
         assert_eq!(write(&d, 0, 512), Ok(()));
@@ -193,11 +182,11 @@ mod tests {
     #[test]
     fn n_times_and_until_removed() {
         let d = dev();
-        d.add_rule(Rule { op: Op::Read, sectors: None, errno: libc::ENOSPC, count: Count::Times(2) });
+        d.add_rule(Rule { op: Some(Op::Read), sectors: None, errno: libc::ENOSPC, count: Count::Times(2) });
         assert_eq!(read(&d, 0, 1), Err(Errno::ENOSPC));
         assert_eq!(read(&d, 0, 1), Err(Errno::ENOSPC));
         assert_eq!(read(&d, 0, 1), Ok(()));
-        let id = d.add_rule(Rule { op: Op::Flush, sectors: None, errno: libc::EIO, count: Count::UntilRemoved });
+        let id = d.add_rule(Rule { op: Some(Op::Flush), sectors: None, errno: libc::EIO, count: Count::UntilRemoved });
         for _ in 0..5 {
             assert_eq!(d.flush(), Err(Errno::EIO));
         }
@@ -209,7 +198,7 @@ mod tests {
     #[test]
     fn sector_ranges_match_overlapping_requests_only() {
         let d = dev();
-        d.add_rule(Rule { op: Op::Any, sectors: Some((8, 9)), errno: libc::EPERM, count: Count::UntilRemoved });
+        d.add_rule(Rule { op: None, sectors: Some((8, 9)), errno: libc::EPERM, count: Count::UntilRemoved });
         assert_eq!(write(&d, 0, 4096), Ok(()), "sectors 0-7");
         assert_eq!(write(&d, 4096 + 511, 1), Err(Errno::EPERM), "sector 8");
         assert_eq!(read(&d, 10 * 512, 512), Ok(()), "sector 10");
@@ -222,7 +211,7 @@ mod tests {
     fn errno_is_passed_through_as_given() {
         let d = dev();
         for e in [libc::EIO, libc::ENOSPC, libc::EROFS, libc::EPERM] {
-            d.add_rule(Rule { op: Op::Discard, sectors: None, errno: e, count: Count::Once });
+            d.add_rule(Rule { op: Some(Op::Discard), sectors: None, errno: e, count: Count::Once });
             assert_eq!(d.discard(0, 512), Err(Errno(e)));
         }
     }

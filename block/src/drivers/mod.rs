@@ -1,5 +1,6 @@
-//! The drivers behind `BlockDriver`.
+//! The drivers behind `BlockDriver`, and the options they are opened with.
 
 pub mod inject;
 pub mod null;
+pub mod options;
 pub mod raw;

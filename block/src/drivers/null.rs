@@ -1,10 +1,10 @@
 //! QEMU's null-co: a sized device that reads zeros and drops writes. It
 //! measures the block layer's own per-request cost.
 
-use std::io::{IoSlice, IoSliceMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::driver::{AsyncMode, BlockDriver, IoResult};
+use crate::iov::{zero, IoVec};
 
 pub struct NullDriver {
     size: AtomicU64,
@@ -23,13 +23,11 @@ impl BlockDriver for NullDriver {
     fn size(&self) -> IoResult<u64> {
         Ok(self.size.load(Ordering::Relaxed))
     }
-    fn preadv(&self, _offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
-        for b in iov.iter_mut() {
-            b.fill(0);
-        }
+    fn preadv(&self, _offset: u64, iov: &[IoVec]) -> IoResult<()> {
+        zero(iov);
         Ok(())
     }
-    fn pwritev(&self, _offset: u64, _iov: &[IoSlice<'_>]) -> IoResult<()> {
+    fn pwritev(&self, _offset: u64, _iov: &[IoVec]) -> IoResult<()> {
         Ok(())
     }
     fn flush(&self) -> IoResult<()> {
@@ -53,14 +51,15 @@ impl BlockDriver for NullDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{IoSlice, IoSliceMut};
 
     #[test]
     fn reads_zeros_and_resizes() {
         let d = NullDriver::new(4096);
         let mut buf = [7u8; 16];
-        d.preadv(0, &mut [IoSliceMut::new(&mut buf)]).unwrap();
+        d.preadv(0, IoVec::from_mut_slices(&mut [IoSliceMut::new(&mut buf)])).unwrap();
         assert_eq!(buf, [0u8; 16]);
-        d.pwritev(0, &[IoSlice::new(&[1, 2, 3])]).unwrap();
+        d.pwritev(0, IoVec::from_slices(&[IoSlice::new(&[1, 2, 3])])).unwrap();
         d.truncate(8192).unwrap();
         assert_eq!(d.size().unwrap(), 8192);
     }

@@ -7,7 +7,7 @@
 //! ever sees aligned ones.
 
 use std::fs::{File, OpenOptions};
-use std::io::{IoSlice, IoSliceMut};
+use std::io::IoSlice;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::driver::{AsyncMode, BlockDriver, Errno, IoResult};
 use crate::iov::{advance, total_len, zero, IoVec};
-use crate::policy::CacheMode;
+use crate::drivers::options::CacheMode;
 use crate::Error;
 
 pub struct RawFile {
@@ -47,19 +47,19 @@ impl RawFile {
         }
         let mut opts = OpenOptions::new();
         opts.read(true).write(!read_only);
-        if cache == CacheMode::None {
+        if cache.direct() {
             opts.custom_flags(libc::O_DIRECT);
         }
         let file = opts.open(path).map_err(|e| {
-            if cache == CacheMode::None && e.raw_os_error() == Some(libc::EINVAL) {
-                err("the filesystem does not support O_DIRECT (cache=none); use cache=writeback".into())
+            if cache.direct() && e.raw_os_error() == Some(libc::EINVAL) {
+                err(format!("the filesystem does not support O_DIRECT (cache={}); use cache=writeback", if cache == CacheMode::None { "none" } else { "directsync" }))
             } else {
                 err(reason(&e))
             }
         })?;
         let mut raw = RawFile { file, path: path.to_path_buf(), cache, alignment: 1, size: AtomicU64::new(0) };
         raw.refresh_size().map_err(|e| err(e.to_string()))?;
-        if cache == CacheMode::None {
+        if cache.direct() {
             raw.alignment = raw.probe_alignment();
         }
         Ok(raw)
@@ -85,7 +85,7 @@ impl RawFile {
     /// try 512, 1024, ... 4096 with a page-aligned buffer. An empty file
     /// reads 0 bytes at any size, so 4096 is the safe answer then.
     fn probe_alignment(&self) -> usize {
-        let mut buf = crate::align::AlignedBuf::new(4096, 4096);
+        let Ok(mut buf) = crate::align::AlignedBuf::new(4096, 4096) else { return 4096 };
         for size in [512usize, 1024, 2048, 4096] {
             // SAFETY: reads at most `size` bytes into a buffer of 4096.
             let n = unsafe { libc::pread(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), size, 0) };
@@ -147,28 +147,27 @@ impl BlockDriver for RawFile {
         Ok(self.size.load(Ordering::Relaxed))
     }
 
-    fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
-        let iovs = IoVec::from_mut_slices(iov).to_vec();
+    fn preadv(&self, offset: u64, iov: &[IoVec]) -> IoResult<()> {
+        let iovs = iov.to_vec();
         let fd = self.file.as_raw_fd();
         // SAFETY: the segments point into live, exclusively borrowed buffers.
         let rest = transfer(iovs, offset, |v, off| unsafe {
             libc::preadv(fd, IoVec::as_iovec_ptr(v), v.len().min(IOV_MAX) as i32, off)
         })?;
         // End of file: what was not read reads as zeros.
-        // SAFETY: each remaining segment is the unread tail of a caller buffer.
-        unsafe { zero(&rest) };
+        zero(&rest);
         Ok(())
     }
 
-    fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
-        let iovs = IoVec::from_slices(iov).to_vec();
+    fn pwritev(&self, offset: u64, iov: &[IoVec]) -> IoResult<()> {
+        let iovs = iov.to_vec();
         let fd = self.file.as_raw_fd();
         // SAFETY: the segments point into live buffers; pwritev only reads them.
         let rest = transfer(iovs, offset, |v, off| unsafe {
             libc::pwritev(fd, IoVec::as_iovec_ptr(v), v.len().min(IOV_MAX) as i32, off)
         })?;
         if rest.is_empty() {
-            self.grown_to(offset + total_len(IoVec::from_slices(iov)));
+            self.grown_to(offset + total_len(iov));
             Ok(())
         } else {
             // A write that makes no progress would otherwise loop forever.
@@ -177,7 +176,7 @@ impl BlockDriver for RawFile {
     }
 
     fn flush(&self) -> IoResult<()> {
-        if self.cache == CacheMode::Unsafe {
+        if self.cache.no_flush() {
             return Ok(());
         }
         // SAFETY: fdatasync on our own descriptor.
@@ -202,11 +201,11 @@ impl BlockDriver for RawFile {
         }
         // Fallback: write zeros, in aligned chunks for O_DIRECT.
         let chunk = 1 << 20;
-        let zeros = crate::align::AlignedBuf::new(chunk, self.alignment.max(4096));
+        let zeros = crate::align::AlignedBuf::new(chunk, self.alignment.max(4096))?;
         let mut done = 0;
         while done < len {
             let n = (len - done).min(chunk as u64) as usize;
-            self.pwritev(offset + done, &[IoSlice::new(&zeros.as_slice()[..n])])?;
+            self.pwritev(offset + done, IoVec::from_slices(&[IoSlice::new(&zeros.as_slice()[..n])]))?;
             done += n as u64;
         }
         Ok(())
@@ -227,13 +226,22 @@ impl BlockDriver for RawFile {
     }
 
     fn async_mode(&self) -> AsyncMode {
-        AsyncMode::File { fd: self.file.as_raw_fd(), flush: self.cache != CacheMode::Unsafe }
+        AsyncMode::File { fd: self.file.as_raw_fd(), flush: !self.cache.no_flush() }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::IoSliceMut;
+
+    fn rd(f: &RawFile, off: u64, bufs: &mut [IoSliceMut<'_>]) -> IoResult<()> {
+        f.preadv(off, IoVec::from_mut_slices(bufs))
+    }
+
+    fn wr(f: &RawFile, off: u64, bufs: &[IoSlice<'_>]) -> IoResult<()> {
+        f.pwritev(off, IoVec::from_slices(bufs))
+    }
 
     fn tmpfile(tag: &str, len: usize) -> PathBuf {
         let p = std::env::temp_dir().join(format!("block-raw-{}-{tag}", std::process::id()));
@@ -246,9 +254,9 @@ mod tests {
         let p = tmpfile("rt", 8192);
         let f = RawFile::open(&p, false, CacheMode::Writeback).unwrap();
         let (a, b) = ([1u8; 100], [2u8; 412]);
-        f.pwritev(512, &[IoSlice::new(&a), IoSlice::new(&b)]).unwrap();
+        wr(&f, 512, &[IoSlice::new(&a), IoSlice::new(&b)]).unwrap();
         let (mut x, mut y) = ([0u8; 50], [0u8; 462]);
-        f.preadv(512, &mut [IoSliceMut::new(&mut x), IoSliceMut::new(&mut y)]).unwrap();
+        rd(&f, 512, &mut [IoSliceMut::new(&mut x), IoSliceMut::new(&mut y)]).unwrap();
         assert_eq!(x, [1u8; 50]);
         assert_eq!(&y[..50], &[1u8; 50]);
         assert_eq!(&y[50..], &[2u8; 412]);
@@ -262,11 +270,15 @@ mod tests {
         // source, failing once with EINTR first.
         let src: Vec<u8> = (1..=10).collect();
         let (mut a, mut b, mut c) = ([0u8; 4], [0u8; 0], [0u8; 9]);
-        let iovs = vec![
-            IoVec::new(a.as_mut_ptr(), a.len()),
-            IoVec::new(b.as_mut_ptr(), b.len()),
-            IoVec::new(c.as_mut_ptr(), c.len()),
-        ];
+        // SAFETY: the buffers outlive the segments and are only reached
+        // through them until `transfer` returns.
+        let iovs = unsafe {
+            vec![
+                IoVec::new(a.as_mut_ptr(), a.len()),
+                IoVec::new(b.as_mut_ptr(), b.len()),
+                IoVec::new(c.as_mut_ptr(), c.len()),
+            ]
+        };
         let calls = std::cell::Cell::new(0);
         let rest = transfer(iovs, 0, |v, off| {
             calls.set(calls.get() + 1);
@@ -295,7 +307,7 @@ mod tests {
         let p = tmpfile("eof", 100);
         let f = RawFile::open(&p, true, CacheMode::Writeback).unwrap();
         let mut buf = [9u8; 200];
-        f.preadv(50, &mut [IoSliceMut::new(&mut buf)]).unwrap();
+        rd(&f, 50, &mut [IoSliceMut::new(&mut buf)]).unwrap();
         assert_eq!(&buf[..50], &[0xab; 50]);
         assert_eq!(&buf[50..], &[0u8; 150]);
     }
@@ -307,9 +319,9 @@ mod tests {
         f.discard(4096, 8192).unwrap();
         f.write_zeroes(65536, 4096, false).unwrap();
         let mut buf = vec![1u8; 8192];
-        f.preadv(4096, &mut [IoSliceMut::new(&mut buf)]).unwrap();
+        rd(&f, 4096, &mut [IoSliceMut::new(&mut buf)]).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
-        f.preadv(65536, &mut [IoSliceMut::new(&mut buf[..4096])]).unwrap();
+        rd(&f, 65536, &mut [IoSliceMut::new(&mut buf[..4096])]).unwrap();
         assert!(buf[..4096].iter().all(|&b| b == 0));
         f.truncate(4096).unwrap();
         assert_eq!(f.size().unwrap(), 4096);

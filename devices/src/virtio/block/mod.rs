@@ -59,10 +59,6 @@ struct Shared {
     /// reads the 64-bit capacity in two halves either sees one value or a
     /// new generation.
     config_lock: Mutex<()>,
-    /// FLUSH was offered but the driver did not accept it: the spec then
-    /// requires every completed write to be stable, so each write is
-    /// followed by a flush before it completes (QEMU turns the cache off).
-    writethrough: AtomicBool,
 }
 
 impl Shared {
@@ -128,6 +124,8 @@ impl BlockHandle {
 
 pub struct Block {
     backend: Arc<BlockBackend>,
+    /// The drive's configured write cache (cache=), offered as FLUSH.
+    write_cache: bool,
     engine: AioEngine,
     serial: Vec<u8>,
     features: u64,
@@ -151,7 +149,6 @@ impl Block {
             kick: EventFd::new(EFD_NONBLOCK).map_err(crate::Error::EventFd)?,
             interrupt: OnceLock::new(),
             config_lock: Mutex::new(()),
-            writethrough: AtomicBool::new(false),
         });
         let mut features = (1u64 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
@@ -168,7 +165,8 @@ impl Block {
         }
         backend.attach_dev(Arc::new(DevOps(shared.clone())));
         let serial = serial.map(|s| s.as_bytes()[..s.len().min(ID_BYTES)].to_vec()).unwrap_or_default();
-        Ok(Block { backend, engine, serial, features, shared, worker: None })
+        let write_cache = backend.write_cache();
+        Ok(Block { backend, write_cache, engine, serial, features, shared, worker: None })
     }
 
     pub fn handle(&self) -> BlockHandle {
@@ -228,9 +226,12 @@ impl VirtioDevice for Block {
     fn activate(&mut self, a: Activation) -> Result<(), ActivateError> {
         self.reset();
         let ioq = IoQueue::new(self.backend.clone(), self.engine)?;
+        // A driver that does not accept FLUSH cannot flush a cache, so the
+        // spec wants every completed write stable: the drive's write cache
+        // goes off (each write is then followed by a flush in the block
+        // layer), as QEMU's virtio_blk_set_features does.
         let flush = 1u64 << VIRTIO_BLK_F_FLUSH;
-        let writethrough = self.features & flush != 0 && a.features & flush == 0;
-        self.shared.writethrough.store(writethrough, Ordering::SeqCst);
+        self.backend.set_write_cache(self.write_cache && a.features & flush != 0);
         self.shared.stop.store(false, Ordering::SeqCst);
         self.shared.resume.store(false, Ordering::SeqCst);
         let w = worker::Worker::new(a, ioq, self.shared.clone(), self.serial.clone()).map_err(ActivateError::EventFd)?;

@@ -14,7 +14,7 @@
 //! `GuestMemory::get_slice`, which only succeeds for a range inside one RAM
 //! region: no request can reach memory outside guest RAM.
 
-use ::block::{IoVec, ReqOp};
+use ::block::{IoVec, Op, Request};
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
@@ -43,10 +43,13 @@ pub struct Head {
 
 #[derive(Debug)]
 pub enum Parsed {
-    /// Needs the block layer.
-    Io { op: ReqOp, offset: u64, len: u64, iov: Vec<IoVec> },
-    /// Answered without I/O (GET_ID, UNSUPP, IOERR for a bad request).
+    /// Needs the block layer (its token is set by the caller).
+    Io(Request),
+    /// Answered without I/O (GET_ID, UNSUPP, IOERR for a bad chain).
     Done(u8),
+    /// A bad sector or range: IOERR, accounted as an invalid request of
+    /// this kind (QEMU's block_acct_invalid).
+    Invalid(Op),
 }
 
 /// The chain cannot be answered: the device needs a reset.
@@ -127,7 +130,10 @@ fn host_iov(mem: &GuestMemory, segs: &[Seg]) -> Option<Vec<IoVec>> {
     let mut iov = Vec::with_capacity(segs.len());
     for &(a, l) in segs {
         let s = mem.get_slice(a, l as usize).ok()?;
-        iov.push(IoVec::new(s.ptr_guard_mut().as_ptr(), l as usize));
+        // SAFETY: the range is inside one RAM region, which stays mapped for
+        // the VM's life; the block layer reaches it only through raw
+        // pointers and the kernel, never Rust references.
+        iov.push(unsafe { IoVec::new(s.ptr_guard_mut().as_ptr(), l as usize) });
     }
     Some(iov)
 }
@@ -216,25 +222,24 @@ where
     };
     let parsed = match req_type {
         VIRTIO_BLK_T_IN | VIRTIO_BLK_T_OUT => {
-            let (op, data) = if req_type == VIRTIO_BLK_T_IN { (ReqOp::Read, writable) } else { (ReqOp::Write, out) };
+            let (op, data) = if req_type == VIRTIO_BLK_T_IN { (Op::Read, writable) } else { (Op::Write, out) };
             let len = total(data);
             let offset = sector.checked_mul(SECTOR);
             match offset {
-                _ if op == ReqOp::Write && limits.read_only => ioerr(),
+                _ if op == Op::Write && limits.read_only => ioerr(),
                 Some(offset) if len.is_multiple_of(SECTOR) && in_range(offset, len) => match host_iov(mem, data) {
-                    Some(iov) => {
-                        if op == ReqOp::Read {
-                            // len <= MAX_REQUEST_BYTES, which fits in u32.
-                            head.used_len += len as u32;
-                        }
-                        Parsed::Io { op, offset, len, iov }
+                    Some(iov) if op == Op::Read => {
+                        // len <= MAX_REQUEST_BYTES, which fits in u32.
+                        head.used_len += len as u32;
+                        Parsed::Io(Request::read(offset, iov, 0))
                     }
+                    Some(iov) => Parsed::Io(Request::write(offset, iov, 0)),
                     None => ioerr(),
                 },
-                _ => ioerr(),
+                _ => Parsed::Invalid(op),
             }
         }
-        VIRTIO_BLK_T_FLUSH => Parsed::Io { op: ReqOp::Flush, offset: 0, len: 0, iov: Vec::new() },
+        VIRTIO_BLK_T_FLUSH => Parsed::Io(Request::flush(0)),
         VIRTIO_BLK_T_GET_ID => {
             let mut id = [0u8; ID_BYTES];
             let n = limits.serial.len().min(ID_BYTES);
@@ -268,11 +273,11 @@ where
                     ioerr()
                 } else {
                     match offset {
-                        Some(offset) if in_range(offset, len) => {
-                            let op = if zeroes { ReqOp::WriteZeroes { unmap } } else { ReqOp::Discard };
-                            Parsed::Io { op, offset, len, iov: Vec::new() }
+                        Some(offset) if in_range(offset, len) && zeroes => {
+                            Parsed::Io(Request::write_zeroes(offset, len, unmap, 0))
                         }
-                        _ => ioerr(),
+                        Some(offset) if in_range(offset, len) => Parsed::Io(Request::discard(offset, len, 0)),
+                        _ => Parsed::Invalid(if zeroes { Op::WriteZeroes } else { Op::Discard }),
                     }
                 }
             }

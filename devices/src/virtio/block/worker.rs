@@ -14,7 +14,9 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use ::block::{Completion, ErrorAction, Errno, IoQueue, ReqOp, Request};
+use std::time::Instant;
+
+use ::block::{Completion, Errno, IoQueue, Outcome, Request};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::Bytes;
@@ -30,8 +32,8 @@ struct InFlight {
     req: Request,
     /// Submission order, which the retry list keeps.
     seq: u64,
-    /// Write-through mode: the write is done and its flush is in flight.
-    flushing: bool,
+    /// Of the latest submission, for the statistics.
+    start: Instant,
 }
 
 pub(super) struct Worker {
@@ -221,15 +223,21 @@ impl Worker {
         match request::parse(&self.mem, chain, &limits, &mut self.scratch) {
             Err(request::Broken) => self.break_device(),
             Ok((head, Parsed::Done(status))) => self.complete(head, status),
-            Ok((head, Parsed::Io { op, offset, len, iov })) => {
+            Ok((head, Parsed::Invalid(op))) => {
+                // Refused before the block layer (bad sector or range):
+                // QEMU's block_acct_invalid.
+                self.ioq.backend().stats().invalid(op);
+                self.complete(head, VIRTIO_BLK_S_IOERR as u8);
+            }
+            Ok((head, Parsed::Io(mut req))) => {
                 let slot = self.free.pop().unwrap_or_else(|| {
                     self.slots.push(None);
                     self.slots.len() - 1
                 });
-                let req = Request { op, offset, len, iov, token: slot as u64 };
+                req.set_token(slot as u64);
                 // The copy stays for a retry under a stop policy.
                 self.submit(req.clone());
-                self.slots[slot] = Some(InFlight { head, req, seq: self.next_seq, flushing: false });
+                self.slots[slot] = Some(InFlight { head, req, seq: self.next_seq, start: Instant::now() });
                 self.next_seq += 1;
             }
         }
@@ -256,32 +264,21 @@ impl Worker {
     }
 
     fn finish(&mut self, slot: usize, result: Result<(), Errno>) {
-        let Some(mut f) = self.slots.get_mut(slot).and_then(Option::take) else { return };
-        let is_write = matches!(f.req.op, ReqOp::Write | ReqOp::WriteZeroes { .. });
-        if result.is_ok() && is_write && !f.flushing && self.shared.writethrough.load(Ordering::Relaxed) {
-            // Stable before it completes: flush, then complete.
-            f.flushing = true;
-            self.slots[slot] = Some(f);
-            self.submit(Request::flush(slot as u64));
-            return;
-        }
-        let status = match result {
-            Ok(()) => VIRTIO_BLK_S_OK,
-            Err(errno) => match self.ioq.backend().handle_error(f.req.op.is_read(), errno) {
-                ErrorAction::Ignore => VIRTIO_BLK_S_OK,
-                ErrorAction::Report if errno == Errno::ENOTSUP => VIRTIO_BLK_S_UNSUPP,
-                ErrorAction::Report => VIRTIO_BLK_S_IOERR,
-                ErrorAction::Stop => {
-                    // Held: back in its slot, and in the retry list in
-                    // submission order.
-                    let seq = f.seq;
-                    self.slots[slot] = Some(f);
-                    let at = self.retry.partition_point(|&s| self.slots[s].as_ref().is_some_and(|x| x.seq < seq));
-                    self.retry.insert(at, slot);
-                    self.shared.held.store(self.retry.len(), Ordering::SeqCst);
-                    return;
-                }
-            },
+        let Some(f) = self.slots.get_mut(slot).and_then(Option::take) else { return };
+        let status = match self.ioq.backend().complete_request(f.req.op(), f.req.len(), f.start, result) {
+            Outcome::Ok => VIRTIO_BLK_S_OK,
+            Outcome::Error(Errno::ENOTSUP) => VIRTIO_BLK_S_UNSUPP,
+            Outcome::Error(_) => VIRTIO_BLK_S_IOERR,
+            Outcome::Stop => {
+                // Held: back in its slot, and in the retry list in
+                // submission order.
+                let seq = f.seq;
+                self.slots[slot] = Some(f);
+                let at = self.retry.partition_point(|&s| self.slots[s].as_ref().is_some_and(|x| x.seq < seq));
+                self.retry.insert(at, slot);
+                self.shared.held.store(self.retry.len(), Ordering::SeqCst);
+                return;
+            }
         };
         self.complete(f.head, status as u8);
         self.free.push(slot);
@@ -291,10 +288,8 @@ impl Worker {
         let held = std::mem::take(&mut self.retry);
         self.shared.held.store(0, Ordering::SeqCst);
         for slot in held {
-            // The whole request again, its write included when it was the
-            // write-through flush that failed.
             if let Some(f) = self.slots[slot].as_mut() {
-                f.flushing = false;
+                f.start = Instant::now();
                 let req = f.req.clone();
                 self.submit(req);
             }
