@@ -8,9 +8,11 @@ pub mod aio;
 pub mod align;
 pub mod backend;
 pub mod devops;
+mod drain;
 pub mod driver;
 pub mod drivers;
 mod gate;
+pub mod io;
 pub mod iov;
 pub mod policy;
 pub mod request;
@@ -19,12 +21,13 @@ pub mod stats;
 pub mod testing;
 
 pub use aio::IoQueue;
-pub use backend::{BlockBackend, BlockEvent, IoStatus};
+pub use backend::{BlockBackend, BlockEvent, IoStatus, Outcome};
 pub use devops::BlockDevOps;
 pub use driver::{AsyncMode, BlockDriver, Errno, IoResult};
 pub use iov::IoVec;
-pub use request::{Completion, ReqOp, Request};
-pub use policy::{AioEngine, CacheMode, ErrorAction, OnError};
+pub use drivers::options::{AioEngine, CacheMode, DiscardMode};
+pub use policy::{ErrorAction, OnError};
+pub use request::{Completion, Op, Request};
 
 /// Errors of the block crate.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
