@@ -10,7 +10,8 @@
 //!
 //! A scenario sees `$VMM` (our binary), `$IMAGES` (kernel, initramfs, ISO)
 //! and a writable `$WORK` directory, and reports with `echo MARKER=...`
-//! lines that tests assert on.
+//! lines that tests assert on. Tests write their host and guest scripts with
+//! [`Script`], which reports and checks the exit status of every command.
 
 pub mod cpio;
 
@@ -85,10 +86,30 @@ pub struct Run {
 
 impl Run {
     /// The value of the first `KEY=value` line (or `KEY=value` word).
+    ///
+    /// A value with a `$` or a backquote in it is skipped: that is a shell
+    /// expansion left unexpanded, i.e. the script's own text (should a
+    /// console ever echo it), never what the script printed. Markers are
+    /// printed with computed values (`KEY=$(...)`, `KEY=$?`) for that reason.
     pub fn value(&self, key: &str) -> Option<String> {
         let prefix = format!("{key}=");
         self.lines.iter().find_map(|l| {
-            l.split_whitespace().find_map(|w| w.strip_prefix(&prefix).map(str::to_string))
+            l.split_whitespace()
+                .filter_map(|w| w.strip_prefix(&prefix))
+                .find(|v| !v.contains(['$', '`']))
+                .map(str::to_string)
+        })
+    }
+
+    /// The number of the first `KEY=<digits>` word: an exit status the
+    /// script printed (`echo KEY=$?`), which its own text cannot fake.
+    pub fn status(&self, key: &str) -> Option<i32> {
+        let prefix = format!("{key}=");
+        self.lines.iter().find_map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.strip_prefix(&prefix))
+                .find(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse().ok())
         })
     }
 
@@ -103,6 +124,127 @@ impl Run {
     /// `key`'s value, or a failure that shows the whole console log.
     pub fn expect_value(&self, key: &str) -> String {
         self.value(key).unwrap_or_else(|| panic!("no {key}= in the output:\n{}", self.log()))
+    }
+}
+
+/// What a step's exit status must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    Zero,
+    NonZero,
+}
+
+struct Step {
+    label: String,
+    cmd: String,
+    want: Want,
+}
+
+/// A scenario script (host side) or a guest's `run=` script in which every
+/// command's exit status is checked, not only the last one's.
+///
+/// A step `cmd` becomes `cmd; echo LABEL-RC=$?`; [`Script::check`] then
+/// asserts that every step printed its status (so the script got that far)
+/// and that the status is 0 for [`ok`](Script::ok) steps and not 0 for
+/// [`fails`](Script::fails) steps (a write to a read-only disk). Only a
+/// number after `LABEL-RC=` counts (see [`Run::status`]): the script's own
+/// text has `$?` there, so only the shell that ran the step can print it.
+/// For a pipeline the status is its last command's (`yes | head -c N >f`:
+/// head's, which is the one writing the file).
+///
+/// [`line`](Script::line) adds a line verbatim, with no status of its own:
+/// a value report `echo KEY=$(...)` whose value the test asserts, or shell
+/// plumbing (`cmd &`, `pid=$!`, a polling loop) whose outcome a later step
+/// checks (`wait $pid`).
+///
+/// Guest scripts are joined with `; ` and travel on the kernel command line
+/// inside `run="..."`, itself inside single quotes on the host: they must
+/// not contain quotes of either kind.
+pub struct Script {
+    tag: String,
+    guest: bool,
+    lines: Vec<String>,
+    steps: Vec<Step>,
+}
+
+impl Script {
+    /// A host script; labels are `TAG-1`, `TAG-2`, ... unless named.
+    pub fn host(tag: &str) -> Script {
+        Script { tag: tag.into(), guest: false, lines: Vec::new(), steps: Vec::new() }
+    }
+
+    /// A guest script (one line, for `vmm_command`'s `guest_run`). Its tag
+    /// must differ from the other scripts' of the scenario.
+    pub fn guest(tag: &str) -> Script {
+        Script { guest: true, ..Script::host(tag) }
+    }
+
+    /// A command that must succeed.
+    pub fn ok(&mut self, cmd: impl Into<String>) -> &mut Self {
+        self.step(None, Want::Zero, cmd.into())
+    }
+
+    /// `ok`, with a label that says what the step is (`TAG-LABEL-RC=`).
+    pub fn ok_as(&mut self, label: &str, cmd: impl Into<String>) -> &mut Self {
+        self.step(Some(label), Want::Zero, cmd.into())
+    }
+
+    /// A command that must fail (exit status not 0).
+    pub fn fails(&mut self, cmd: impl Into<String>) -> &mut Self {
+        self.step(None, Want::NonZero, cmd.into())
+    }
+
+    /// `fails`, with a label.
+    pub fn fails_as(&mut self, label: &str, cmd: impl Into<String>) -> &mut Self {
+        self.step(Some(label), Want::NonZero, cmd.into())
+    }
+
+    /// A line without a status check of its own (see the type's doc).
+    pub fn line(&mut self, text: impl Into<String>) -> &mut Self {
+        let text = text.into();
+        self.check_quotes(&text);
+        self.lines.push(text);
+        self
+    }
+
+    /// The key a step's status is printed under: `TAG-LABEL-RC`.
+    pub fn status_key(&self, label: &str) -> String {
+        format!("{}-{label}-RC", self.tag)
+    }
+
+    fn step(&mut self, label: Option<&str>, want: Want, cmd: String) -> &mut Self {
+        let label = label.map_or_else(|| (self.steps.len() + 1).to_string(), str::to_string);
+        let key = self.status_key(&label);
+        assert!(self.steps.iter().all(|s| s.label != label), "two steps labelled {key}");
+        self.check_quotes(&cmd);
+        self.lines.push(format!("{cmd}; echo {key}=$?"));
+        self.steps.push(Step { label, cmd, want });
+        self
+    }
+
+    fn check_quotes(&self, text: &str) {
+        assert!(!self.guest || !text.contains(['"', '\'']), "a guest script cannot hold quotes: {text}");
+    }
+
+    /// The script's text.
+    pub fn text(&self) -> String {
+        self.lines.join(if self.guest { "; " } else { "\n" })
+    }
+
+    /// Asserts that every step printed its status and that each is what
+    /// the step wants; the failure lists every bad step and the whole log.
+    pub fn check(&self, run: &Run) {
+        let mut bad = Vec::new();
+        for s in &self.steps {
+            let key = self.status_key(&s.label);
+            match (run.status(&key), s.want) {
+                (None, _) => bad.push(format!("{key}: no status (the script stopped before `{}`)", s.cmd)),
+                (Some(0), Want::NonZero) => bad.push(format!("{key}: `{}` succeeded, but must fail", s.cmd)),
+                (Some(rc), Want::Zero) if rc != 0 => bad.push(format!("{key}: `{}` failed with status {rc}", s.cmd)),
+                _ => {}
+            }
+        }
+        assert!(bad.is_empty(), "{}\n--- output:\n{}", bad.join("\n"), run.log());
     }
 }
 
