@@ -290,3 +290,80 @@ fn concurrent_unaligned_o_direct_writes_lose_nothing() {
     }
     let _ = std::fs::remove_file(&path);
 }
+
+/// Storage whose reads panic: a bug in a driver.
+struct Panicky;
+impl BlockDriver for Panicky {
+    fn name(&self) -> &'static str {
+        "panicky"
+    }
+    fn size(&self) -> IoResult<u64> {
+        Ok(1 << 20)
+    }
+    fn preadv(&self, _: u64, _: &[IoVec]) -> IoResult<()> {
+        panic!("driver bug (this panic is expected by the test)");
+    }
+    fn pwritev(&self, _: u64, _: &[IoVec]) -> IoResult<()> {
+        Ok(())
+    }
+    fn flush(&self) -> IoResult<()> {
+        Ok(())
+    }
+    fn discard(&self, _: u64, _: u64) -> IoResult<()> {
+        Ok(())
+    }
+    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> IoResult<()> {
+        Ok(())
+    }
+    fn truncate(&self, _: u64) -> IoResult<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_panicking_pool_job_still_completes_and_keeps_its_worker() {
+    let b = Arc::new(BlockBackend::new("panicky"));
+    b.insert_medium(Arc::new(Panicky), "p").unwrap();
+    let mut q = IoQueue::new(b.clone(), AioEngine::Threads).unwrap();
+    let mut buf = [0u8; 512];
+    assert_eq!(one(&mut q, Request::read(0, iov(&mut buf), 1)), Err(Errno::EIO), "the panic became EIO");
+    assert_eq!(q.pool_workers(), 1, "the worker survived");
+    assert_eq!(one(&mut q, Request::write(0, iov(&mut buf), 2)), Ok(()));
+    assert_eq!(q.pool_workers(), 1, "and took the next job");
+    assert_eq!(b.in_flight(), 0);
+}
+
+#[test]
+fn a_hung_drive_cannot_take_another_drives_workers() {
+    // Drive A's storage hangs with more reads than a pool has workers.
+    let hung = TestDisk::new(1 << 20, false);
+    hung.hold_reads(true);
+    let a = Arc::new(BlockBackend::new("hung"));
+    a.insert_medium(hung.clone(), "hung").unwrap();
+    let mut qa = IoQueue::new(a.clone(), AioEngine::Threads).unwrap();
+    let n = block::aio::pool::MAX_WORKERS + 6;
+    let mut bufs = vec![[0u8; 512]; n];
+    for (i, buf) in bufs.iter_mut().enumerate() {
+        // SAFETY: bufs outlive the wait for every completion below.
+        unsafe { qa.submit(Request::read(0, iov(buf), i as u64)) };
+    }
+    assert!(hung.wait_reads(block::aio::pool::MAX_WORKERS, Duration::from_secs(10)), "A's workers never all hung");
+    // Drive B still gets its requests done.
+    let b = Arc::new(BlockBackend::new("fine"));
+    b.insert_medium(TestDisk::new(1 << 20, false), "fine").unwrap();
+    let mut qb = IoQueue::new(b, AioEngine::Threads).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let mut buf = [1u8; 512];
+        tx.send(one(&mut qb, Request::read(0, iov(&mut buf), 7))).unwrap();
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(Ok(())), "drive B starved by drive A");
+    t.join().unwrap();
+    hung.hold_reads(false);
+    let mut out = Vec::new();
+    while out.len() < n {
+        let want = n - out.len();
+        qa.wait(&mut out, want);
+    }
+    assert!(out.iter().all(|c| c.result.is_ok()));
+}

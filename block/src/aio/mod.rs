@@ -576,3 +576,19 @@ impl Drop for IoQueue {
         self.pool.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enter_errors_are_retried_deferred_or_fatal_never_spun_on() {
+        let e = |n| std::io::Error::from_raw_os_error(n);
+        assert_eq!(classify(&e(libc::EINTR)), EnterError::Retry);
+        assert_eq!(classify(&e(libc::EAGAIN)), EnterError::Later);
+        assert_eq!(classify(&e(libc::EBUSY)), EnterError::Later);
+        for fatal in [libc::EBADF, libc::EFAULT, libc::EINVAL, libc::ENXIO, libc::EOPNOTSUPP, libc::EBADR] {
+            assert_eq!(classify(&e(fatal)), EnterError::Broken, "errno {fatal}");
+        }
+    }
+}
