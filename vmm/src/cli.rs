@@ -35,8 +35,9 @@ pub struct Cli {
     pub cpus: String,
 
     /// A drive, with QEMU's -drive keys: file, if=virtio|ide, media=disk|cdrom,
-    /// index, format=raw, readonly=on|off, cache=none|writeback|unsafe,
-    /// aio=io_uring|threads, werror=report|ignore|enospc|stop,
+    /// index, format=raw, readonly=on|off,
+    /// cache=writeback|writethrough|none|directsync|unsafe,
+    /// aio=io_uring|threads, discard=ignore|unmap, werror=report|ignore|enospc|stop,
     /// rerror=report|ignore|stop, id, serial.
     #[arg(long, value_name = "KEY=VAL,...")]
     pub drive: Vec<String>,

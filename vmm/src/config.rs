@@ -460,7 +460,22 @@ mod tests {
         assert_eq!(d.serial.as_deref(), Some("S1"));
         let d = &parse_drives(&[format!("file={}", f.display())]).unwrap()[0];
         assert_eq!((d.interface, d.index, d.werror, d.rerror), (Interface::Ide, Some(0), OnError::Enospc, OnError::Report));
+        assert_eq!((d.cache, d.discard), (CacheMode::Writeback, DiscardMode::Ignore), "QEMU's defaults");
         assert_eq!(d.id, "ide0-hd0");
+        for (v, want) in [
+            ("writeback", CacheMode::Writeback),
+            ("writethrough", CacheMode::Writethrough),
+            ("none", CacheMode::None),
+            ("directsync", CacheMode::Directsync),
+            ("unsafe", CacheMode::Unsafe),
+        ] {
+            assert_eq!(parse_drives(&[format!("file={},cache={v}", f.display())]).unwrap()[0].cache, want);
+        }
+        for (v, want) in [("ignore", DiscardMode::Ignore), ("unmap", DiscardMode::Unmap), ("on", DiscardMode::Unmap)] {
+            assert_eq!(parse_drives(&[format!("file={},discard={v}", f.display())]).unwrap()[0].discard, want);
+        }
+        let e = parse_drives(&[format!("file={},discard=trim", f.display())]).unwrap_err().to_string();
+        assert!(e.contains("discard") && e.contains("'trim'"), "{e}");
     }
 
     #[test]
