@@ -123,6 +123,9 @@ pub struct IoQueue {
     waker: Waker,
     pool: Arc<Pool>,
     ring: Option<IoUring>,
+    /// io_uring_enter failed for good: nothing new goes to the ring, what
+    /// it holds is still reaped, and it is dropped once empty.
+    ring_broken: bool,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     /// Completions known at submission, returned by the next poll.
@@ -190,6 +193,7 @@ impl IoQueue {
             }),
             pool: Arc::new(Pool::default()),
             ring,
+            ring_broken: false,
             slots: Vec::new(),
             free: Vec::new(),
             ready: Vec::new(),
@@ -214,8 +218,8 @@ impl IoQueue {
         &self.backend
     }
 
-    /// This queue's worker threads, for tests.
-    pub fn pool_workers(&self) -> usize {
+    /// This queue's worker threads, and how many are idle (for tests).
+    pub fn pool_workers(&self) -> (usize, usize) {
         self.pool.workers()
     }
 
@@ -309,6 +313,7 @@ impl IoQueue {
 
     fn ring_can_take(&self, drv: &dyn BlockDriver, job: Job, iov: &[IoVec]) -> bool {
         self.ring.is_some()
+            && !self.ring_broken
             && matches!(job.op, Op::Read | Op::Write | Op::Flush)
             && self.ring_inflight < RING_ENTRIES as usize
             && iov.len() <= IOV_MAX
@@ -373,7 +378,7 @@ impl IoQueue {
     /// returns, lets it post the completions it holds back. False when the
     /// kernel took nothing and nothing should be retried now.
     fn enter(&mut self) -> bool {
-        let Some(ring) = self.ring.as_ref() else { return false };
+        let Some(ring) = self.ring.as_ref().filter(|_| !self.ring_broken) else { return false };
         for _ in 0..16 {
             match ring.submit() {
                 Ok(n) => {
@@ -399,10 +404,15 @@ impl IoQueue {
     /// took may still complete (it is still reaped), new requests go to the
     /// pool.
     fn break_ring(&mut self, errno: Errno) {
+        self.ring_broken = true;
         for idx in std::mem::take(&mut self.queued) {
             self.fail_slot(idx, errno);
         }
-        if self.ring_inflight == 0 {
+        self.drop_broken_ring();
+    }
+
+    fn drop_broken_ring(&mut self) {
+        if self.ring_broken && self.ring_inflight == 0 {
             self.ring = None;
         }
     }
@@ -430,6 +440,7 @@ impl IoQueue {
             // Short transfers resubmitted their rest; failed slots are ready.
             self.flush_submissions();
             out.append(&mut self.ready);
+            self.drop_broken_ring();
         }
         let n = out.len() - before;
         self.backend.leave(n);
@@ -516,7 +527,7 @@ impl IoQueue {
     fn sleep(&mut self) {
         match self.ring.as_ref() {
             // Only io_uring to wait for: let the kernel block us.
-            Some(ring) if self.pool_inflight == 0 && self.ring_inflight > 0 && self.parked.is_empty() => {
+            Some(ring) if !self.ring_broken && self.pool_inflight == 0 && self.ring_inflight > 0 && self.parked.is_empty() => {
                 if let Err(e) = ring.submit_and_wait(1) {
                     match classify(&e) {
                         EnterError::Retry => {}
@@ -532,8 +543,8 @@ impl IoQueue {
             }
             // The pool, the waker of parked requests and the ring (through
             // its registered eventfd) signal the eventfd. A broken ring's
-            // last completions are reaped every 10 ms.
-            _ if self.ring.is_some() && self.ring_inflight > 0 => wait_eventfd(&self.shared.efd, 10),
+            // last completions are looked for every 10 ms.
+            _ if self.ring_broken => wait_eventfd(&self.shared.efd, 10),
             _ => wait_eventfd(&self.shared.efd, -1),
         }
     }
@@ -590,5 +601,36 @@ mod tests {
         for fatal in [libc::EBADF, libc::EFAULT, libc::EINVAL, libc::ENXIO, libc::EOPNOTSUPP, libc::EBADR] {
             assert_eq!(classify(&e(fatal)), EnterError::Broken, "errno {fatal}");
         }
+    }
+
+    #[test]
+    fn a_broken_ring_fails_what_it_never_took_and_the_pool_takes_over() {
+        let path = std::env::temp_dir().join(format!("aio-broken-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 65536]).unwrap();
+        let drv = crate::drivers::raw::RawFile::open(&path, false, crate::CacheMode::Writeback).unwrap();
+        let b = Arc::new(BlockBackend::new("b"));
+        b.insert_medium(Arc::new(drv), "b").unwrap();
+        let mut q = IoQueue::new(b.clone(), AioEngine::IoUring).unwrap();
+        if q.engine() != AioEngine::IoUring {
+            println!("SKIPPED: io_uring is unavailable here");
+            return;
+        }
+        let mut bufs = [[0u8; 512]; 2];
+        let seg = |b: &mut [u8; 512]| vec![unsafe { IoVec::new(b.as_mut_ptr(), 512) }];
+        // SAFETY: bufs outlive the waits below.
+        unsafe { q.submit(Request::read(0, seg(&mut bufs[0]), 1)) };
+        assert_eq!(q.queued.len(), 1, "in the submission ring, not yet given to the kernel");
+        q.break_ring(Errno::EIO);
+        let mut out = Vec::new();
+        q.wait(&mut out, 1);
+        assert_eq!(out, vec![Completion { token: 1, result: Err(Errno::EIO) }]);
+        assert!(q.ring.is_none(), "an empty broken ring is dropped");
+        unsafe { q.submit(Request::read(0, seg(&mut bufs[1]), 2)) };
+        out.clear();
+        q.wait(&mut out, 1);
+        assert_eq!(out, vec![Completion { token: 2, result: Ok(()) }]);
+        assert_eq!(bufs[1], [7u8; 512], "read on the pool");
+        assert_eq!(b.in_flight(), 0);
+        let _ = std::fs::remove_file(&path);
     }
 }

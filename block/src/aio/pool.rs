@@ -56,9 +56,10 @@ impl Pool {
         self.cv.notify_one();
     }
 
-    /// Workers running now.
-    pub fn workers(&self) -> usize {
-        self.lock().workers
+    /// Workers alive, and how many of them wait for work.
+    pub fn workers(&self) -> (usize, usize) {
+        let s = self.lock();
+        (s.workers, s.idle)
     }
 
     /// Lets idle workers end at once; queued jobs still run.
