@@ -35,6 +35,17 @@ fn iov(buf: &mut [u8]) -> Vec<IoVec> {
     vec![unsafe { IoVec::new(buf.as_mut_ptr(), buf.len()) }]
 }
 
+/// A queue on `engine`; says SKIPPED when io_uring is unavailable and the
+/// io_uring case runs on the pool instead.
+fn queue(b: &Arc<BlockBackend>, engine: AioEngine) -> IoQueue {
+    let q = IoQueue::new(b.clone(), engine).unwrap();
+    if q.engine() != engine {
+        println!("SKIPPED: io_uring is unavailable here; the {engine:?} case ran on the thread pool");
+        eprintln!("SKIPPED: io_uring is unavailable here; the {engine:?} case ran on the thread pool");
+    }
+    q
+}
+
 /// Submits one request and waits for its completion.
 fn one(q: &mut IoQueue, req: Request) -> IoResult<()> {
     let token = req.token();
@@ -53,7 +64,7 @@ fn every_request_type_on_both_engines() {
         let path = tmp(&format!("types-{engine:?}"), 1 << 20, 0xaa);
         let b = backend_on(&path, CacheMode::Writeback);
         b.set_discard(DiscardMode::Unmap);
-        let mut q = IoQueue::new(b.clone(), engine).unwrap();
+        let mut q = queue(&b, engine);
         let mut data: Vec<u8> = (0..8192u32).map(|i| (i * 7) as u8).collect();
         // Split over two segments to go through writev/readv.
         let (x, y) = data.split_at_mut(3000);
@@ -80,7 +91,7 @@ fn every_request_type_on_both_engines() {
 #[test]
 fn refused_requests_complete_with_their_error() {
     let b = Arc::new(BlockBackend::new("cd"));
-    let mut q = IoQueue::new(b.clone(), AioEngine::IoUring).unwrap();
+    let mut q = queue(&b, AioEngine::IoUring);
     let mut buf = [0u8; 512];
     assert_eq!(one(&mut q, Request::read(0, iov(&mut buf), 1)), Err(Errno::ENOMEDIUM));
     b.insert_medium(Arc::new(NullDriver::new(4096)), "n").unwrap();
@@ -99,7 +110,7 @@ fn injected_errors_reach_the_completion_on_both_engines() {
         let inject = Arc::new(InjectDriver::new(Arc::new(RawFile::open(&path, false, CacheMode::Writeback).unwrap())));
         let b = Arc::new(BlockBackend::new("e"));
         b.insert_medium(inject.clone(), "e").unwrap();
-        let mut q = IoQueue::new(b.clone(), engine).unwrap();
+        let mut q = queue(&b, engine);
         inject.add_rule(Rule { op: Some(Op::Write), sectors: Some((8, 8)), errno: libc::ENOSPC, count: Count::Once });
         let mut buf = [5u8; 512];
         assert_eq!(one(&mut q, Request::write(0, iov(&mut buf), 1)), Ok(()), "sector 0 passes");
@@ -115,7 +126,7 @@ fn eventfd_signals_completions_from_the_pool() {
     let path = tmp("efd", 65536, 3);
     let b = backend_on(&path, CacheMode::Writeback);
     for engine in ENGINES {
-        let mut q = IoQueue::new(b.clone(), engine).unwrap();
+        let mut q = queue(&b, engine);
         let mut buf = [0u8; 4096];
         // SAFETY: buf outlives the completion below.
         unsafe { q.submit(Request::read(0, iov(&mut buf), 9)) };
@@ -161,7 +172,7 @@ fn drain_waits_for_requests_in_flight() {
     b.insert_medium(stuck.clone(), "slow").unwrap();
     let dev = Arc::new(DrainDev::default());
     b.attach_dev(dev.clone());
-    let mut q = IoQueue::new(b.clone(), AioEngine::IoUring).unwrap();
+    let mut q = queue(&b, AioEngine::IoUring);
     let mut bufs = vec![[1u8; 512]; 4];
     for (i, buf) in bufs.iter_mut().enumerate() {
         // SAFETY: bufs outlive the queue's completions (waited for below).
@@ -204,7 +215,7 @@ fn queue_drain_from_its_own_thread_and_drain_all() {
     let b = backend_on(&path, CacheMode::Writeback);
     let dev = Arc::new(DrainDev::default());
     b.attach_dev(dev.clone());
-    let mut q = IoQueue::new(b.clone(), AioEngine::IoUring).unwrap();
+    let mut q = queue(&b, AioEngine::IoUring);
     let mut bufs = vec![[7u8; 4096]; 16];
     for (i, buf) in bufs.iter_mut().enumerate() {
         // SAFETY: bufs outlive the drain, which returns every completion.
@@ -242,13 +253,14 @@ fn concurrent_unaligned_o_direct_writes_lose_nothing() {
     let path = tmp("direct", SIZE as usize, 0);
     let Ok(drv) = RawFile::open(&path, false, CacheMode::None) else {
         println!("SKIPPED: no O_DIRECT in {}", path.display());
+        eprintln!("SKIPPED: no O_DIRECT in {}", path.display());
         return;
     };
     assert!(drv.request_alignment() >= 512);
     for engine in ENGINES {
         let b = Arc::new(BlockBackend::new("p"));
         b.insert_medium(Arc::new(RawFile::open(&path, false, CacheMode::None).unwrap()), "p").unwrap();
-        let mut q = IoQueue::new(b.clone(), engine).unwrap();
+        let mut q = queue(&b, engine);
         let mut model = std::fs::read(&path).unwrap();
         let mut rng = Rng(0x1234_5678 ^ engine as u64);
         for round in 0..60 {

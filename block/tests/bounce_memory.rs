@@ -35,6 +35,7 @@ fn a_misaligned_1_gib_write_bounces_through_bounded_memory() {
         Ok(d) => d,
         Err(e) => {
             println!("SKIPPED: O_DIRECT is not available in {}: {e}", path.display());
+            eprintln!("SKIPPED: O_DIRECT is not available in {}: {e}", path.display());
             let _ = std::fs::remove_file(&path);
             return;
         }
