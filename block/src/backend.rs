@@ -19,7 +19,7 @@ use crate::driver::{BlockDriver, Errno, IoResult};
 use crate::drivers::options::DiscardMode;
 use crate::gate::WriteGate;
 use crate::io::Job;
-use crate::iov::IoVec;
+use crate::iov::{dup_all, IoVec};
 use crate::policy::{ErrorAction, OnError};
 use crate::request::{Op, Request};
 use crate::stats::Stats;
@@ -252,15 +252,29 @@ impl BlockBackend {
 
     // --- device and medium ---------------------------------------------
 
+    /// Attaches the device; inside a drained section it is stopped at once,
+    /// as QEMU's blk_set_dev_ops replays the quiesce.
     pub fn attach_dev(&self, dev: Arc<dyn BlockDevOps>) {
-        let mut s = self.st();
-        s.dev = Some(dev);
-        // QEMU's blk_attach_dev resets the iostatus.
-        s.iostatus = IoStatus::Ok;
+        self.drain.with_sections(|open| {
+            if open {
+                dev.drained_begin();
+            }
+            let mut s = self.st();
+            s.dev = Some(dev);
+            // QEMU's blk_attach_dev resets the iostatus.
+            s.iostatus = IoStatus::Ok;
+        });
     }
 
+    /// Detaches the device; inside a drained section it is let go running,
+    /// so that no section end is owed to a device that is gone.
     pub fn detach_dev(&self) {
-        self.st().dev = None;
+        self.drain.with_sections(|open| {
+            let old = self.st().dev.take();
+            if let (true, Some(d)) = (open, old) {
+                d.drained_end();
+            }
+        });
     }
 
     fn dev(&self) -> Option<Arc<dyn BlockDevOps>> {
@@ -358,9 +372,9 @@ impl BlockBackend {
 
     fn drained<T>(&self, f: impl FnOnce() -> T) -> T {
         self.drained_begin();
-        let r = f();
-        self.drained_end();
-        r
+        // Ends the section even if `f` panics (a test's, in debug builds).
+        let _end = Guard(|| self.drained_end());
+        f()
     }
 
     // --- requests ------------------------------------------------------
@@ -417,9 +431,11 @@ impl BlockBackend {
         let unmap_ok = s.discard == DiscardMode::Unmap;
         let fua = !s.write_cache && matches!(op, Op::Write | Op::WriteZeroes);
         match op {
+            // bdrv_co_pdiscard returns before any write check when
+            // discards are disabled.
+            Op::Discard if !unmap_ok => Ok(None),
             _ if op.is_write() && s.read_only => Err(Errno::EPERM),
             Op::Flush if s.read_only => Ok(None),
-            Op::Discard if !unmap_ok => Ok(None),
             _ => Ok(Some((drv, Job { op, offset, len, unmap: req.unmap() && unmap_ok, fua }))),
         }
     }
@@ -433,13 +449,11 @@ impl BlockBackend {
     /// Waits while a drained section is open.
     pub fn execute(&self, req: &Request) -> IoResult<()> {
         self.drain.enter_blocking();
-        let r = match self.prepare(req) {
-            Ok(Some((drv, job))) => crate::io::exec(&self.gate, &*drv, job, req.iov()),
-            Ok(None) => Ok(()),
-            Err(e) => Err(e),
-        };
-        self.drain.leave(1);
-        r
+        let _leave = Guard(|| self.drain.leave(1));
+        match self.prepare(req)? {
+            Some((drv, job)) => crate::io::exec(&self.gate, &*drv, job, req.iov()),
+            None => Ok(()),
+        }
     }
 
     /// What a device calls when a request of its own has finished: applies
@@ -488,12 +502,13 @@ impl BlockBackend {
     }
 
     pub fn preadv(&self, offset: u64, iov: &mut [IoSliceMut<'_>]) -> IoResult<()> {
-        self.run(Request::read(offset, IoVec::from_mut_slices(iov).to_vec(), 0))
+        // The request lives only for this call, inside the borrow.
+        self.run(Request::read(offset, dup_all(IoVec::from_mut_slices(iov)), 0))
     }
 
     /// Writes from shared slices: the driver only reads the segments.
     pub fn pwritev(&self, offset: u64, iov: &[IoSlice<'_>]) -> IoResult<()> {
-        self.run(Request::write(offset, IoVec::from_slices(iov).to_vec(), 0))
+        self.run(Request::write(offset, dup_all(IoVec::from_slices(iov)), 0))
     }
 
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
@@ -521,7 +536,11 @@ impl BlockBackend {
 
     /// Resizes the medium and tells the device. As QEMU's blk_co_truncate:
     /// no available medium → ENOMEDIUM, read-only → EACCES.
+    /// It is a request like any other for drain: it waits while a section
+    /// is open and a section waits for it.
     pub fn truncate(&self, size: u64) -> IoResult<()> {
+        self.drain.enter_blocking();
+        let _leave = Guard(|| self.drain.leave(1));
         let drv = self.available_driver()?;
         if self.st().read_only {
             return Err(Errno::EACCES);
@@ -570,7 +589,7 @@ impl BlockBackend {
     /// Closes a section; on the last one the device resumes and waiting
     /// requests go on. Panics without a matching `drained_begin`.
     pub fn drained_end(&self) {
-        self.drain.end(self.dev());
+        self.drain.end(|| self.dev());
     }
 
     /// Waits until nothing of this drive is in flight, with the device
@@ -581,7 +600,7 @@ impl BlockBackend {
     }
 
     pub(crate) fn quiesce_begin(&self) {
-        self.drain.begin(self.dev());
+        self.drain.begin(|| self.dev());
     }
 
     pub(crate) fn wait_idle(&self) {
@@ -600,6 +619,16 @@ impl BlockBackend {
         for b in backends {
             b.drained_end();
         }
+    }
+}
+
+/// Runs its closure when dropped: the end of a section or of a request,
+/// whatever way the scope is left.
+struct Guard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        (self.0)();
     }
 }
 

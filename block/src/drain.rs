@@ -94,9 +94,10 @@ impl Drain {
         self.lock().sections > 0
     }
 
-    /// Opens a section; on the first one the device is told to stop
-    /// submitting. Does not wait: see `wait_idle`.
-    pub fn begin(&self, dev: Option<Arc<dyn BlockDevOps>>) {
+    /// Opens a section; on the first one the device (`dev()`, looked up
+    /// under the section lock so a begin and its end reach the same one) is
+    /// told to stop submitting. Does not wait: see `wait_idle`.
+    pub fn begin(&self, dev: impl FnOnce() -> Option<Arc<dyn BlockDevOps>>) {
         let _section = self.section.lock().unwrap_or_else(|e| e.into_inner());
         let first = {
             let mut s = self.lock();
@@ -104,16 +105,24 @@ impl Drain {
             s.sections == 1
         };
         if first {
-            if let Some(d) = dev {
+            if let Some(d) = dev() {
                 d.drained_begin();
             }
         }
     }
 
+    /// Runs `f(sections open?)` with no section beginning or ending
+    /// meanwhile: attaching a device inside a section must stop it too.
+    pub fn with_sections<T>(&self, f: impl FnOnce(bool) -> T) -> T {
+        let _section = self.section.lock().unwrap_or_else(|e| e.into_inner());
+        let open = self.lock().sections > 0;
+        f(open)
+    }
+
     /// Closes a section; on the last one the device resumes, blocked
     /// callers go on and parked requests are resubmitted. An end without a
     /// begin is a bug in the caller and panics.
-    pub fn end(&self, dev: Option<Arc<dyn BlockDevOps>>) {
+    pub fn end(&self, dev: impl FnOnce() -> Option<Arc<dyn BlockDevOps>>) {
         let _section = self.section.lock().unwrap_or_else(|e| e.into_inner());
         let wakers = {
             let mut s = self.lock();
@@ -125,7 +134,7 @@ impl Drain {
             self.open.notify_all();
             std::mem::take(&mut s.wakers)
         };
-        if let Some(d) = dev {
+        if let Some(d) = dev() {
             d.drained_end();
         }
         for w in wakers {

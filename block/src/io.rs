@@ -43,7 +43,8 @@ pub(crate) fn exec(gate: &WriteGate, drv: &dyn BlockDriver, job: Job, iov: &[IoV
         Op::Write if needs_bounce(align, offset, iov) => {
             let _excl = gate.exclusive(align);
             bounce_write(drv, offset, len, &|pos, dst| {
-                copy_from_iov(iov, pos, dst);
+                // SAFETY: a write's segments are valid for reads.
+                unsafe { copy_from_iov(iov, pos, dst) };
             })
         }
         Op::Write => {
@@ -139,7 +140,8 @@ fn bounce_read(drv: &dyn BlockDriver, offset: u64, len: u64, iov: &[IoVec]) -> I
         let b = &mut buf.as_mut_slice()[..n as usize];
         read_into(drv, at, b)?;
         let (lo, hi) = (at.max(offset), (at + n).min(end));
-        copy_to_iov(iov, (lo - offset) as usize, &b[(lo - at) as usize..(hi - at) as usize]);
+        // SAFETY: a read's segments are valid for writes.
+        unsafe { copy_to_iov(iov, (lo - offset) as usize, &b[(lo - at) as usize..(hi - at) as usize]) };
         at += n;
     }
     Ok(())

@@ -10,8 +10,12 @@ use std::io::{IoSlice, IoSliceMut};
 
 /// One buffer segment: `struct iovec`, and by the standard library's
 /// guarantee also the layout of `IoSlice`/`IoSliceMut`.
+///
+/// Neither `Copy` nor `Clone`: a segment viewed from a borrow
+/// (`from_mut_slices`) must not outlive it, so owned segments come only
+/// from `IoVec::new`, whose caller promises their validity.
 #[repr(transparent)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct IoVec(libc::iovec);
 
 // SAFETY: an IoVec is an address and a length; whoever builds it promises
@@ -42,8 +46,9 @@ impl IoVec {
     }
 
     /// Views borrowed slices as segments (no copy). Only reads may go
-    /// through them: the memory is shared.
-    pub fn from_slices<'a>(iov: &'a [IoSlice<'_>]) -> &'a [IoVec] {
+    /// through them, since the memory is shared: crate-private, for write
+    /// requests, which drivers only read.
+    pub(crate) fn from_slices<'a>(iov: &'a [IoSlice<'_>]) -> &'a [IoVec] {
         // SAFETY: IoSlice is ABI-compatible with iovec on Unix, and so is IoVec.
         unsafe { std::slice::from_raw_parts(iov.as_ptr().cast(), iov.len()) }
     }
@@ -58,12 +63,23 @@ impl IoVec {
         iov.as_ptr().cast()
     }
 
+    /// A second handle on the same memory, for requests the crate builds
+    /// from one it holds (a retry, a short transfer's rest).
+    pub(crate) fn dup(&self) -> IoVec {
+        IoVec(self.0)
+    }
+
     /// The segment `n` bytes further on (n <= len).
     fn skip(&self, n: usize) -> IoVec {
         debug_assert!(n <= self.len());
         // n <= len, so the new base stays inside (or one past) the segment.
         IoVec(libc::iovec { iov_base: self.base().wrapping_add(n).cast(), iov_len: self.len() - n })
     }
+}
+
+/// Second handles on a list of segments (see `IoVec::dup`).
+pub(crate) fn dup_all(iov: &[IoVec]) -> Vec<IoVec> {
+    iov.iter().map(IoVec::dup).collect()
 }
 
 /// Total bytes of a list of segments.
@@ -108,7 +124,11 @@ fn walk(iov: &[IoVec], mut pos: usize, len: usize, mut f: impl FnMut(*mut u8, us
 
 /// Copies `src` into the segments, starting `pos` bytes into them (as far
 /// as they reach). Returns the bytes copied.
-pub fn copy_to_iov(iov: &[IoVec], pos: usize, src: &[u8]) -> usize {
+///
+/// # Safety
+/// The segments must be valid for writes (as `IoVec::new` promises; a
+/// driver's `preadv` may rely on it, its `pwritev` may not).
+pub unsafe fn copy_to_iov(iov: &[IoVec], pos: usize, src: &[u8]) -> usize {
     let mut copied = 0;
     walk(iov, pos, src.len(), |p, n, at| {
         // SAFETY: the segment is valid for writes (IoVec::new's contract);
@@ -121,7 +141,10 @@ pub fn copy_to_iov(iov: &[IoVec], pos: usize, src: &[u8]) -> usize {
 
 /// Copies bytes of the segments, starting `pos` bytes into them, into
 /// `dst` (as far as they reach). Returns the bytes copied.
-pub fn copy_from_iov(iov: &[IoVec], pos: usize, dst: &mut [u8]) -> usize {
+///
+/// # Safety
+/// The segments must be valid for reads.
+pub unsafe fn copy_from_iov(iov: &[IoVec], pos: usize, dst: &mut [u8]) -> usize {
     let mut copied = 0;
     walk(iov, pos, dst.len(), |p, n, at| {
         // SAFETY: as in copy_to_iov, for reads.
@@ -133,7 +156,10 @@ pub fn copy_from_iov(iov: &[IoVec], pos: usize, dst: &mut [u8]) -> usize {
 
 /// Fills every segment with zeros: the unread tail past end of file, the
 /// null driver's reads.
-pub fn zero(iov: &[IoVec]) {
+///
+/// # Safety
+/// The segments must be valid for writes.
+pub unsafe fn zero(iov: &[IoVec]) {
     for v in iov {
         // SAFETY: the segment is valid for writes (IoVec::new's contract).
         unsafe { std::ptr::write_bytes(v.base(), 0, v.len()) };
@@ -170,7 +196,8 @@ mod tests {
         let mut s = [IoSliceMut::new(&mut buf)];
         let v = IoVec::from_mut_slices(&mut s);
         assert_eq!((v[0].len(), total_len(v)), (3, 3));
-        zero(v);
+        // SAFETY: the segment views the exclusively borrowed buf.
+        unsafe { zero(v) };
         assert_eq!(buf, [0, 0, 0]);
     }
 
@@ -178,15 +205,19 @@ mod tests {
     fn copies_cross_segments_at_any_position() {
         let (mut a, mut b) = ([0u8; 2], [0u8; 3]);
         let v = [seg(&mut a), seg(&mut b)];
-        assert_eq!(copy_to_iov(&v, 0, &[1, 2, 3, 4, 5, 6]), 5);
-        let mut dst = [0u8; 6];
-        assert_eq!(copy_from_iov(&v, 0, &mut dst), 5);
-        assert_eq!(dst, [1, 2, 3, 4, 5, 0]);
-        assert_eq!(copy_to_iov(&v, 1, &[9, 8]), 2);
-        let mut dst = [0u8; 3];
-        assert_eq!(copy_from_iov(&v, 2, &mut dst), 3);
-        assert_eq!(dst, [8, 4, 5]);
-        assert_eq!(copy_from_iov(&v, 7, &mut dst), 0, "past the end");
+        // SAFETY: the segments cover a and b, which are only reached
+        // through them until the last copy.
+        unsafe {
+            assert_eq!(copy_to_iov(&v, 0, &[1, 2, 3, 4, 5, 6]), 5);
+            let mut dst = [0u8; 6];
+            assert_eq!(copy_from_iov(&v, 0, &mut dst), 5);
+            assert_eq!(dst, [1, 2, 3, 4, 5, 0]);
+            assert_eq!(copy_to_iov(&v, 1, &[9, 8]), 2);
+            let mut dst = [0u8; 3];
+            assert_eq!(copy_from_iov(&v, 2, &mut dst), 3);
+            assert_eq!(dst, [8, 4, 5]);
+            assert_eq!(copy_from_iov(&v, 7, &mut dst), 0, "past the end");
+        }
         assert_eq!((a, b), ([1, 9], [8, 4, 5]));
     }
 }

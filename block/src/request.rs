@@ -42,7 +42,7 @@ impl Op {
 /// The memory behind the segments must stay valid, and not be touched by
 /// anyone else, until the request's completion is delivered: building the
 /// segments (`IoVec::new`) and submitting are `unsafe` for that.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Request {
     op: Op,
     offset: u64,
@@ -50,6 +50,14 @@ pub struct Request {
     iov: Vec<IoVec>,
     unmap: bool,
     token: u64,
+}
+
+/// A copy for a retry: the same memory, under the same promise (the
+/// segments stay valid while any request carrying them can run).
+impl Clone for Request {
+    fn clone(&self) -> Self {
+        Request { iov: self.iov.iter().map(IoVec::dup).collect(), ..*self }
+    }
 }
 
 impl Request {

@@ -82,13 +82,15 @@ impl BlockDriver for TestDisk {
                 g = self.cv.wait(g).unwrap();
             }
         }
-        copy_to_iov(iov, 0, &self.data()[offset as usize..]);
+        // SAFETY: a read's segments are valid for writes.
+        unsafe { copy_to_iov(iov, 0, &self.data()[offset as usize..]) };
         Ok(())
     }
     fn pwritev(&self, offset: u64, iov: &[IoVec]) -> IoResult<()> {
         self.log.lock().unwrap().push(('w', offset));
         let end = offset as usize + total_len(iov) as usize;
-        copy_from_iov(iov, 0, &mut self.data()[offset as usize..end]);
+        // SAFETY: a write's segments are valid for reads.
+        unsafe { copy_from_iov(iov, 0, &mut self.data()[offset as usize..end]) };
         Ok(())
     }
     fn flush(&self) -> IoResult<()> {

@@ -92,6 +92,10 @@ fn read_only_is_eperm_for_writes_and_eacces_for_truncate() {
     let mut buf = [0u8; 512];
     assert_eq!(b.read(0, &mut buf), Ok(()));
     assert_eq!(b.write(0, &buf), Err(Errno::EPERM));
+    // discard=ignore returns before the write check, as QEMU's
+    // bdrv_co_pdiscard; with unmap it is a write like any other.
+    assert_eq!(b.discard(0, 512), Ok(()));
+    b.set_discard(DiscardMode::Unmap);
     assert_eq!(b.discard(0, 512), Err(Errno::EPERM));
     assert_eq!(b.write_zeroes(0, 512, false), Err(Errno::EPERM));
     assert_eq!(b.truncate(4096), Err(Errno::EACCES));
@@ -495,6 +499,32 @@ fn an_unbalanced_drained_end_is_caught() {
     b.drained_begin();
     b.drained_end();
     b.drained_end();
+}
+
+#[test]
+fn a_device_attached_inside_a_section_is_stopped_and_let_go_on_detach() {
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<&'static str>>);
+    impl BlockDevOps for Seen {
+        fn drained_begin(&self) {
+            self.0.lock().unwrap().push("begin");
+        }
+        fn drained_end(&self) {
+            self.0.lock().unwrap().push("end");
+        }
+    }
+    let b = null_backend(4096);
+    b.drained_begin();
+    let first = Arc::new(Seen::default());
+    b.attach_dev(first.clone());
+    assert_eq!(*first.0.lock().unwrap(), ["begin"], "stopped as it is attached inside the section");
+    b.detach_dev();
+    assert_eq!(*first.0.lock().unwrap(), ["begin", "end"], "let go as it leaves");
+    let second = Arc::new(Seen::default());
+    b.attach_dev(second.clone());
+    b.drained_end();
+    assert_eq!(*second.0.lock().unwrap(), ["begin", "end"]);
+    assert_eq!(*first.0.lock().unwrap(), ["begin", "end"], "nothing more for the detached one");
 }
 
 #[test]

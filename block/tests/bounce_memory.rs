@@ -51,16 +51,16 @@ fn a_misaligned_1_gib_write_bounces_through_bounded_memory() {
         libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE, -1, 0)
     };
     assert_ne!(map, libc::MAP_FAILED);
-    // One byte past a page boundary: O_DIRECT cannot take it as it is.
-    // SAFETY: the mapping covers GIB bytes from here and outlives the request.
-    let seg = unsafe { IoVec::new(map.cast::<u8>().add(1), GIB) };
 
     let mut out = Vec::new();
     for engine in [AioEngine::IoUring, AioEngine::Threads] {
         let mut q = IoQueue::new(b.clone(), engine).unwrap();
         reset_peak();
         let before = peak_rss_kib();
-        // SAFETY: the mapping outlives the wait below.
+        // One byte past a page boundary: O_DIRECT cannot take it as it is.
+        // SAFETY: the mapping covers GIB bytes from there and outlives the
+        // wait below.
+        let seg = unsafe { IoVec::new(map.cast::<u8>().add(1), GIB) };
         unsafe { q.submit(Request::write(512, vec![seg], 1)) };
         out.clear();
         q.wait(&mut out, 1);

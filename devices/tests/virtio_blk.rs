@@ -167,15 +167,29 @@ fn rings_at_address_zero_are_refused() {
 
 #[test]
 fn read_only_disk_refuses_writes() {
+    // As QEMU: the write reaches the block layer, whose EPERM meets the
+    // error policy (werror=enospc: report) and counts as failed, with a
+    // BLOCK_IO_ERROR; one past the end is refused by the device (invalid).
     let (b, path) = file_backend("ro", true);
-    let mut d = Driver::new(b, AioEngine::IoUring, None);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let ev2 = events.clone();
+    b.set_event_sink(Some(Box::new(move |e| ev2.lock().unwrap().push(e))));
+    let mut d = Driver::new(b.clone(), AioEngine::IoUring, None);
     assert_ne!(d.features() & (1 << VIRTIO_BLK_F_RO), 0);
     d.init(0);
     let w = d.request(VIRTIO_BLK_T_OUT, 0, &[1u8; 512], 0);
+    let past = d.request(VIRTIO_BLK_T_OUT, DISK / 512, &[1u8; 512], 0);
     let id = d.request(VIRTIO_BLK_T_GET_ID, 0, &[], 20);
     d.notify();
-    d.wait_used(2);
-    assert_eq!(d.status(w), S_IOERR);
+    d.wait_used(3);
+    assert_eq!((d.status(w), d.status(past)), (S_IOERR, S_IOERR));
+    let s = b.stats().get(Op::Write);
+    assert_eq!((s.ops, s.failed, s.invalid), (0, 1, 1));
+    assert!(
+        matches!(&events.lock().unwrap()[..], [BlockEvent::IoError { operation: "write", action: ErrorAction::Report, reason, .. }] if reason == "Operation not permitted"),
+        "{:?}",
+        events.lock().unwrap()
+    );
     assert_eq!(d.data(id, 20), vec![0u8; 20], "no serial: zeros");
     assert!(std::fs::read(&path).unwrap().iter().all(|&x| x == 0));
     let _ = std::fs::remove_file(path);

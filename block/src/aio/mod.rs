@@ -26,6 +26,7 @@
 pub mod pool;
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, Once};
 
@@ -137,6 +138,11 @@ pub struct IoQueue {
     queued: Vec<usize>,
     ring_inflight: usize,
     pool_inflight: usize,
+    /// The owner acknowledges completions itself (`ack`), once it has
+    /// acted on them; until then they still count as in flight.
+    deferred_ack: bool,
+    /// Completions handed back and not yet acknowledged.
+    unacked: usize,
 }
 
 fn io_uring_unavailable(e: &std::io::Error) {
@@ -202,6 +208,8 @@ impl IoQueue {
             queued: Vec::new(),
             ring_inflight: 0,
             pool_inflight: 0,
+            deferred_ack: false,
+            unacked: 0,
         })
     }
 
@@ -282,7 +290,9 @@ impl IoQueue {
         // A flush that the file drops (cache=unsafe) is as cheap as null's.
         let inline = mode == AsyncMode::Inline || (job.op == Op::Flush && matches!(mode, AsyncMode::File { flush: false, .. }));
         if inline {
-            let result = exec(self.backend.gate(), &*drv, job, req.iov());
+            // A driver that panics fails the request, not the in-flight
+            // count (release builds abort on a panic anyway).
+            let result = catch_unwind(AssertUnwindSafe(|| exec(self.backend.gate(), &*drv, job, req.iov()))).unwrap_or(Err(Errno::EIO));
             return self.ready.push(Completion { token: req.token(), result });
         }
         match mode {
@@ -333,6 +343,10 @@ impl IoQueue {
 
     /// Queues slot `idx`'s (remaining) transfer in the submission ring.
     fn push_sqe(&mut self, idx: usize) {
+        if self.ring_broken {
+            // The rest of a short transfer on a ring that takes nothing more.
+            return self.fail_slot(idx, Errno::EIO);
+        }
         let Some(s) = self.slots[idx].as_ref() else { return };
         let fd = types::Fd(s.fd);
         let dsync = if s.dsync { libc::RWF_DSYNC } else { 0 };
@@ -443,8 +457,27 @@ impl IoQueue {
             self.drop_broken_ring();
         }
         let n = out.len() - before;
-        self.backend.leave(n);
+        if self.deferred_ack {
+            self.unacked += n;
+        } else {
+            self.backend.leave(n);
+        }
         n
+    }
+
+    /// With `deferred`, a completion `poll` hands back keeps counting as in
+    /// flight (a drain keeps waiting) until the owner calls `ack` after
+    /// acting on it: a device that completes to its guest, applies the
+    /// error policy or holds the request under werror=stop, all before a
+    /// drain can return, as QEMU counts a request until its callback ran.
+    pub fn set_deferred_ack(&mut self, deferred: bool) {
+        self.deferred_ack = deferred;
+        self.ack();
+    }
+
+    /// The owner has acted on every completion handed back so far.
+    pub fn ack(&mut self) {
+        self.backend.leave(std::mem::take(&mut self.unacked));
     }
 
     /// Takes the completions visible in the completion ring.
@@ -476,7 +509,9 @@ impl IoQueue {
                 }
                 Op::Read if moved < left => {
                     // End of file: the rest reads as zeros, as in the driver.
-                    zero(&s.iov);
+                    // SAFETY: the rest of a read's segments, valid for
+                    // writes until the completion is delivered.
+                    unsafe { zero(&s.iov) };
                     Ok(())
                 }
                 // A write that makes no progress would loop forever.
@@ -523,12 +558,26 @@ impl IoQueue {
         }
     }
 
+    /// Requests wait in the submission ring because the kernel refused
+    /// them for now (EAGAIN/EBUSY): the owner must poll again soon, since
+    /// no completion will wake it for them.
+    pub fn has_unsubmitted(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
     /// Sleeps until a completion may have arrived.
     fn sleep(&mut self) {
+        // Whatever waits in the submission ring goes first, with its
+        // bookkeeping; only an empty one may be waited on below.
+        self.flush_submissions();
+        if self.has_unsubmitted() {
+            // The kernel refused them for now; try again shortly.
+            return wait_eventfd(&self.shared.efd, 1);
+        }
         match self.ring.as_ref() {
             // Only io_uring to wait for: let the kernel block us.
             Some(ring) if !self.ring_broken && self.pool_inflight == 0 && self.ring_inflight > 0 && self.parked.is_empty() => {
-                if let Err(e) = ring.submit_and_wait(1) {
+                if let Err(e) = ring.submitter().submit_and_wait(1) {
                     match classify(&e) {
                         EnterError::Retry => {}
                         // The eventfd (registered with the ring) wakes us;
@@ -559,7 +608,8 @@ impl IoQueue {
     }
 
     /// `drain` without the end: the caller ends the section with
-    /// `backend().drained_end()`.
+    /// `backend().drained_end()`. The completions it hands back count as
+    /// acknowledged.
     pub fn drained_begin(&mut self, out: &mut Vec<Completion>) {
         self.backend.quiesce_begin();
         self.poll(out);
@@ -567,6 +617,7 @@ impl IoQueue {
             self.sleep();
             self.poll(out);
         }
+        self.ack();
         self.backend.wait_idle();
     }
 }
@@ -584,6 +635,7 @@ impl Drop for IoQueue {
             self.sleep();
             self.poll(&mut sink);
         }
+        self.ack();
         self.pool.close();
     }
 }

@@ -51,6 +51,15 @@ impl Pool {
                 s.workers += 1;
                 return;
             }
+            if s.workers == 0 {
+                // Out of threads and no worker to take it: drop the job,
+                // which delivers its completion as a failure (the job owns
+                // a delivery that does so when dropped unrun).
+                let job = s.jobs.pop_back();
+                drop(s);
+                drop(job);
+                return;
+            }
         }
         // At the limit (or out of threads): a busy worker will take it.
         self.cv.notify_one();

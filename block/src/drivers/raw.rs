@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::driver::{AsyncMode, BlockDriver, Errno, IoResult};
-use crate::iov::{advance, total_len, zero, IoVec};
+use crate::iov::{advance, dup_all, total_len, zero, IoVec};
 use crate::drivers::options::CacheMode;
 use crate::Error;
 
@@ -148,19 +148,20 @@ impl BlockDriver for RawFile {
     }
 
     fn preadv(&self, offset: u64, iov: &[IoVec]) -> IoResult<()> {
-        let iovs = iov.to_vec();
+        let iovs = dup_all(iov);
         let fd = self.file.as_raw_fd();
         // SAFETY: the segments point into live, exclusively borrowed buffers.
         let rest = transfer(iovs, offset, |v, off| unsafe {
             libc::preadv(fd, IoVec::as_iovec_ptr(v), v.len().min(IOV_MAX) as i32, off)
         })?;
         // End of file: what was not read reads as zeros.
-        zero(&rest);
+        // SAFETY: the unread tails of a read's segments, valid for writes.
+        unsafe { zero(&rest) };
         Ok(())
     }
 
     fn pwritev(&self, offset: u64, iov: &[IoVec]) -> IoResult<()> {
-        let iovs = iov.to_vec();
+        let iovs = dup_all(iov);
         let fd = self.file.as_raw_fd();
         // SAFETY: the segments point into live buffers; pwritev only reads them.
         let rest = transfer(iovs, offset, |v, off| unsafe {

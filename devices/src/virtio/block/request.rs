@@ -59,7 +59,6 @@ pub struct Broken;
 /// What a request is checked against.
 pub struct Limits<'a> {
     pub capacity: u64,
-    pub read_only: bool,
     pub serial: &'a [u8],
 }
 
@@ -225,8 +224,10 @@ where
             let (op, data) = if req_type == VIRTIO_BLK_T_IN { (Op::Read, writable) } else { (Op::Write, out) };
             let len = total(data);
             let offset = sector.checked_mul(SECTOR);
+            // A write to a read-only drive goes to the block layer, whose
+            // EPERM then meets the error policy and the accounting, as in
+            // QEMU; only a bad range is refused here.
             match offset {
-                _ if op == Op::Write && limits.read_only => ioerr(),
                 Some(offset) if len.is_multiple_of(SECTOR) && in_range(offset, len) => match host_iov(mem, data) {
                     Some(iov) if op == Op::Read => {
                         // len <= MAX_REQUEST_BYTES, which fits in u32.
@@ -269,8 +270,6 @@ where
                 if flags & !VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0 || (!zeroes && unmap) {
                     // Unknown flags, or UNMAP on a discard: the spec says UNSUPP.
                     Parsed::Done(VIRTIO_BLK_S_UNSUPP as u8)
-                } else if limits.read_only {
-                    ioerr()
                 } else {
                     match offset {
                         Some(offset) if in_range(offset, len) && zeroes => {

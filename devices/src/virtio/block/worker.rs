@@ -63,6 +63,9 @@ const KICK: u64 = 2;
 impl Worker {
     pub(super) fn new(mut a: Activation, ioq: IoQueue, shared: Arc<Shared>, serial: Vec<u8>) -> std::io::Result<Self> {
         let queue = a.queues.pop().ok_or_else(|| std::io::Error::other("no queue"))?;
+        let mut ioq = ioq;
+        // Completions count as in flight until `finish` has acted on them.
+        ioq.set_deferred_ack(true);
         let notify = a.notify.pop().ok_or_else(|| std::io::Error::other("no notify eventfd"))?;
         Ok(Worker {
             mem: Arc::new(a.mem),
@@ -95,7 +98,10 @@ impl Worker {
         let mut events = [EpollEvent::default(); 4];
         while !self.shared.stop.load(Ordering::SeqCst) {
             self.step();
-            match epoll.wait(-1, &mut events) {
+            // Requests the kernel refused for now (EAGAIN/EBUSY) are retried
+            // shortly: no completion would wake us for them.
+            let timeout = if self.ioq.has_unsubmitted() { 1 } else { -1 };
+            match epoll.wait(timeout, &mut events) {
                 Ok(n) => {
                     self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
                     // Level-triggered: every eventfd that woke us is read,
@@ -217,7 +223,6 @@ impl Worker {
     fn handle(&mut self, chain: virtio_queue::DescriptorChain<&GuestMemory>) {
         let limits = Limits {
             capacity: self.shared.capacity.load(Ordering::SeqCst),
-            read_only: self.ioq.backend().is_read_only(),
             serial: &self.serial,
         };
         match request::parse(&self.mem, chain, &limits, &mut self.scratch) {
@@ -261,6 +266,8 @@ impl Worker {
         }
         self.done = done;
         self.done.clear();
+        // Completed, held or reported: a drain may now count them out.
+        self.ioq.ack();
     }
 
     fn finish(&mut self, slot: usize, result: Result<(), Errno>) {
