@@ -38,6 +38,10 @@ pub(crate) fn exec(gate: &WriteGate, drv: &dyn BlockDriver, job: Job, iov: &[IoV
     let align = drv.request_alignment();
     let Job { op, offset, len, unmap, fua } = job;
     match op {
+        // Nothing to move, so nothing to align: a zero-length request at an
+        // odd offset must not read-modify-write a block (QEMU returns early
+        // too).
+        Op::Read | Op::Write if len == 0 => Ok(()),
         Op::Read if needs_bounce(align, offset, iov) => bounce_read(drv, offset, len, iov),
         Op::Read => drv.preadv(offset, iov),
         Op::Write if needs_bounce(align, offset, iov) => {

@@ -285,9 +285,9 @@ fn media_and_tray_through_a_mock_device() {
 
 /// A file on a filesystem that takes O_DIRECT: the target directory, or
 /// /dev/shm (tmpfs does since Linux 6.6).
-fn direct_file(len: u64) -> Option<PathBuf> {
+fn direct_file(tag: &str, len: u64) -> Option<PathBuf> {
     for dir in [PathBuf::from(env!("CARGO_TARGET_TMPDIR")), PathBuf::from("/dev/shm")] {
-        let p = dir.join(format!("backend-direct-{}", std::process::id()));
+        let p = dir.join(format!("backend-direct-{}-{tag}", std::process::id()));
         std::fs::write(&p, vec![0u8; len as usize]).ok()?;
         if RawFile::open(&p, false, CacheMode::None).is_ok() {
             return Some(p);
@@ -314,7 +314,7 @@ impl Rng {
 #[test]
 fn o_direct_raw_file_matches_a_memory_model_under_random_io() {
     const SIZE: u64 = 256 * 1024;
-    let path = direct_file(SIZE).expect("no filesystem here accepts O_DIRECT");
+    let path = direct_file("model", SIZE).expect("no filesystem here accepts O_DIRECT");
     let drv = Arc::new(RawFile::open(&path, false, CacheMode::None).unwrap());
     assert!(drv.request_alignment() >= 512, "O_DIRECT alignment {}", drv.request_alignment());
     let b = BlockBackend::new("prop");
@@ -550,4 +550,24 @@ fn media_operations_drain_first() {
     assert!(b.remove_medium().is_some());
     assert_eq!(*dev.0.lock().unwrap(), ["begin", "end"].repeat(3));
     assert!(!b.is_drained());
+}
+
+#[test]
+fn an_empty_request_at_an_odd_offset_touches_nothing() {
+    // Read-modify-write of the block around an empty write would extend a
+    // file whose size is not a multiple of the O_DIRECT block.
+    let Some(path) = direct_file("empty", 4096) else {
+        println!("SKIPPED: no filesystem here accepts O_DIRECT");
+        eprintln!("SKIPPED: no filesystem here accepts O_DIRECT");
+        return;
+    };
+    std::fs::write(&path, vec![7u8; 1000]).unwrap();
+    let b = BlockBackend::new("empty");
+    b.insert_medium(Arc::new(RawFile::open(&path, false, CacheMode::None).unwrap()), "e").unwrap();
+    let mut odd = vec![0u8; 2];
+    assert_eq!(b.write(999, &odd[1..1]), Ok(()));
+    assert_eq!(b.read(999, &mut odd[1..1]), Ok(()));
+    let on_disk = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(on_disk, vec![7u8; 1000], "the file changed");
 }
