@@ -3,10 +3,14 @@
 //!
 //! The rule: a request is *in flight* from the moment it is admitted until
 //! its completion has been handed back to whoever submitted it, and no
-//! request is admitted while a drained section is open. Admission and the
-//! section count change under one lock, so "is a section open?" and "count
-//! me in" are a single step: once `begin` has opened a section and seen the
-//! count at zero, nothing can start until the section ends. Requests that
+//! request is admitted while a drained section is open. Admission counts
+//! the request in first and then looks for an open section (backing out if
+//! there is one); `begin` counts the section first and then waits for the
+//! in-flight count to reach zero. Both are sequentially consistent atomics,
+//! so one of the two always sees the other: either the section sees the
+//! request and waits for it, or the request sees the section and backs out
+//! (QEMU's in_flight and quiesce_counter work the same way). The fast path
+//! of a request is one atomic add and one load, no lock. Requests that
 //! arrive inside a section wait: blocking callers sleep until it ends,
 //! asynchronous queues park them and are woken (through the waker they
 //! registered) when it ends.
@@ -18,6 +22,7 @@
 //! must therefore not begin or end sections themselves, and must not wait
 //! for a thread that is trying to.
 
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use crate::devops::BlockDevOps;
@@ -25,18 +30,25 @@ use crate::devops::BlockDevOps;
 /// Called when the last open section ends, to resubmit parked requests.
 pub(crate) type Waker = Arc<dyn Fn() + Send + Sync>;
 
-#[derive(Default)]
-struct State {
-    /// Open sections (nested and from any thread).
-    sections: usize,
-    in_flight: usize,
-    /// Queues with parked requests, woken when the last section ends.
-    wakers: Vec<Waker>,
+/// Test builds can widen the window between the two steps of admission, so
+/// that the stress test meets the interleavings a wrong order would get
+/// wrong (without it, they need a preemption inside a few nanoseconds).
+#[inline]
+fn between_admission_steps() {
+    #[cfg(feature = "testing")]
+    if crate::testing::WIDEN_RACES.load(std::sync::atomic::Ordering::Relaxed) {
+        std::thread::yield_now();
+    }
 }
 
 #[derive(Default)]
 pub(crate) struct Drain {
-    state: Mutex<State>,
+    /// Open sections (nested and from any thread).
+    sections: AtomicUsize,
+    in_flight: AtomicUsize,
+    /// Queues with parked requests, woken when the last section ends; also
+    /// the mutex the condition variables below sleep on.
+    wakers: Mutex<Vec<Waker>>,
     /// Signalled when `in_flight` drops to zero inside a section.
     idle: Condvar,
     /// Signalled when the last section ends.
@@ -46,31 +58,48 @@ pub(crate) struct Drain {
 }
 
 impl Drain {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Vec<Waker>> {
+        self.wakers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a request in unless a section is open.
+    fn try_admit(&self) -> bool {
+        self.in_flight.fetch_add(1, SeqCst);
+        between_admission_steps();
+        if self.sections.load(SeqCst) == 0 {
+            return true;
+        }
+        self.leave(1);
+        false
     }
 
     /// Admits a blocking request, waiting while a section is open.
     pub fn enter_blocking(&self) {
-        let mut s = self.lock();
-        while s.sections > 0 {
-            s = self.open.wait(s).unwrap_or_else(|e| e.into_inner());
+        while !self.try_admit() {
+            let mut g = self.lock();
+            while self.sections.load(SeqCst) > 0 {
+                g = self.open.wait(g).unwrap_or_else(|e| e.into_inner());
+            }
         }
-        s.in_flight += 1;
     }
 
     /// Admits an asynchronous request, or registers `waker` (once per
     /// section, however often it is refused) and returns false.
     pub fn try_enter(&self, waker: &Waker) -> bool {
-        let mut s = self.lock();
-        if s.sections == 0 {
-            s.in_flight += 1;
-            return true;
+        loop {
+            if self.try_admit() {
+                return true;
+            }
+            let mut wakers = self.lock();
+            // The section may have ended since: then try again, or the
+            // waker would wait for an end that already happened.
+            if self.sections.load(SeqCst) > 0 {
+                if !wakers.iter().any(|w| Arc::ptr_eq(w, waker)) {
+                    wakers.push(waker.clone());
+                }
+                return false;
+            }
         }
-        if !s.wakers.iter().any(|w| Arc::ptr_eq(w, waker)) {
-            s.wakers.push(waker.clone());
-        }
-        false
     }
 
     /// `n` admitted requests have been handed back.
@@ -78,20 +107,21 @@ impl Drain {
         if n == 0 {
             return;
         }
-        let mut s = self.lock();
-        assert!(s.in_flight >= n, "block: more requests ended than began");
-        s.in_flight -= n;
-        if s.in_flight == 0 {
+        let before = self.in_flight.fetch_sub(n, SeqCst);
+        assert!(before >= n, "block: more requests ended than began");
+        if before == n && self.sections.load(SeqCst) > 0 {
+            // Taking the lock orders this after a waiter's check.
+            let _g = self.lock();
             self.idle.notify_all();
         }
     }
 
     pub fn in_flight(&self) -> usize {
-        self.lock().in_flight
+        self.in_flight.load(SeqCst)
     }
 
     pub fn is_drained(&self) -> bool {
-        self.lock().sections > 0
+        self.sections.load(SeqCst) > 0
     }
 
     /// Opens a section; on the first one the device (`dev()`, looked up
@@ -99,12 +129,7 @@ impl Drain {
     /// told to stop submitting. Does not wait: see `wait_idle`.
     pub fn begin(&self, dev: impl FnOnce() -> Option<Arc<dyn BlockDevOps>>) {
         let _section = self.section.lock().unwrap_or_else(|e| e.into_inner());
-        let first = {
-            let mut s = self.lock();
-            s.sections += 1;
-            s.sections == 1
-        };
-        if first {
+        if self.sections.fetch_add(1, SeqCst) == 0 {
             if let Some(d) = dev() {
                 d.drained_begin();
             }
@@ -115,8 +140,7 @@ impl Drain {
     /// meanwhile: attaching a device inside a section must stop it too.
     pub fn with_sections<T>(&self, f: impl FnOnce(bool) -> T) -> T {
         let _section = self.section.lock().unwrap_or_else(|e| e.into_inner());
-        let open = self.lock().sections > 0;
-        f(open)
+        f(self.sections.load(SeqCst) > 0)
     }
 
     /// Closes a section; on the last one the device resumes, blocked
@@ -124,15 +148,16 @@ impl Drain {
     /// begin is a bug in the caller and panics.
     pub fn end(&self, dev: impl FnOnce() -> Option<Arc<dyn BlockDevOps>>) {
         let _section = self.section.lock().unwrap_or_else(|e| e.into_inner());
+        let open = self.sections.load(SeqCst);
+        assert!(open > 0, "block: drained_end without drained_begin");
+        self.sections.store(open - 1, SeqCst);
+        if open > 1 {
+            return;
+        }
         let wakers = {
-            let mut s = self.lock();
-            assert!(s.sections > 0, "block: drained_end without drained_begin");
-            s.sections -= 1;
-            if s.sections > 0 {
-                return;
-            }
+            let mut g = self.lock();
             self.open.notify_all();
-            std::mem::take(&mut s.wakers)
+            std::mem::take(&mut *g)
         };
         if let Some(d) = dev() {
             d.drained_end();
@@ -144,9 +169,9 @@ impl Drain {
 
     /// Waits until nothing admitted is still in flight.
     pub fn wait_idle(&self) {
-        let mut s = self.lock();
-        while s.in_flight > 0 {
-            s = self.idle.wait(s).unwrap_or_else(|e| e.into_inner());
+        let mut g = self.lock();
+        while self.in_flight.load(SeqCst) > 0 {
+            g = self.idle.wait(g).unwrap_or_else(|e| e.into_inner());
         }
     }
 }

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 use crate::driver::{AsyncMode, BlockDriver, Errno, IoResult};
 use crate::iov::{copy_from_iov, copy_to_iov, total_len, IoVec};
 
+/// Makes the block layer yield between the steps of its concurrency
+/// handshakes (drain admission), for stress tests.
+pub static WIDEN_RACES: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 #[derive(Default)]
 struct Gate {
     hold: bool,

@@ -564,7 +564,7 @@ fn an_empty_request_at_an_odd_offset_touches_nothing() {
     std::fs::write(&path, vec![7u8; 1000]).unwrap();
     let b = BlockBackend::new("empty");
     b.insert_medium(Arc::new(RawFile::open(&path, false, CacheMode::None).unwrap()), "e").unwrap();
-    let mut odd = vec![0u8; 2];
+    let mut odd = [0u8; 2];
     assert_eq!(b.write(999, &odd[1..1]), Ok(()));
     assert_eq!(b.read(999, &mut odd[1..1]), Ok(()));
     let on_disk = std::fs::read(&path).unwrap();

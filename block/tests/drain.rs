@@ -106,6 +106,7 @@ impl BlockDevOps for Dev {
 }
 
 fn run_stress(mode: AsyncMode, engine: AioEngine) {
+    block::testing::WIDEN_RACES.store(true, Ordering::Relaxed);
     let watch = Arc::new(Watch::default());
     let b = Arc::new(BlockBackend::new("stress"));
     b.insert_medium(Arc::new(Checked { watch: watch.clone(), mode }), "checked").unwrap();
@@ -119,15 +120,24 @@ fn run_stress(mode: AsyncMode, engine: AioEngine) {
     for t in 0..3u64 {
         let (b, watch) = (b.clone(), watch.clone());
         threads.push(std::thread::spawn(move || {
-            for i in 0..4000u64 {
+            // At least 4000 sections each, and on until 20000 requests ran
+            // in between (a section thread that never pauses would starve
+            // the submitters), within the deadline.
+            let mut i = 0u64;
+            while (i < 4000 || watch.requests.load(Ordering::SeqCst) < 20_000) && Instant::now() < deadline {
                 b.drained_begin();
                 watch.inside.fetch_add(1, Ordering::SeqCst);
-                if (i + t) % 3 == 0 {
+                if (i + t).is_multiple_of(3) {
                     std::thread::sleep(Duration::from_micros(50));
                 }
                 watch.inside.fetch_sub(1, Ordering::SeqCst);
                 b.drained_end();
-                std::thread::yield_now();
+                if i % 8 == t {
+                    std::thread::sleep(Duration::from_micros(100));
+                } else {
+                    std::thread::yield_now();
+                }
+                i += 1;
             }
         }));
     }
@@ -187,7 +197,7 @@ fn run_stress(mode: AsyncMode, engine: AioEngine) {
     assert_eq!(watch.violations.load(Ordering::SeqCst), 0, "{mode:?}/{engine:?}: first: {first:?}");
     assert!(!dev.stopped.load(Ordering::SeqCst), "the device was left stopped");
     assert!(!b.is_drained() && b.in_flight() == 0);
-    assert!(submitted > 100 && watch.requests.load(Ordering::SeqCst) > 100, "too little I/O ran: {submitted}");
+    assert!(watch.requests.load(Ordering::SeqCst) >= 20_000, "too little I/O ran: {submitted}");
 }
 
 #[test]
