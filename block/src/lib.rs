@@ -18,6 +18,8 @@ pub mod policy;
 pub mod request;
 pub mod stats;
 #[cfg(feature = "testing")]
+pub mod fuzz;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use aio::IoQueue;

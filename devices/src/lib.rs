@@ -3,6 +3,8 @@
 //! no device needs to know about KVM.
 
 pub mod bus;
+#[cfg(feature = "testing")]
+pub mod fuzz;
 pub mod legacy;
 pub mod virtio;
 

@@ -1,0 +1,97 @@
+//! Replays the fuzz corpora of the virtio-blk device and the virtio-mmio
+//! transport (`fuzz/corpus/{virtio_blk,virtio_mmio}/`) through the
+//! harnesses on stable Rust, and runs the hand-made seeds. See
+//! docs/fuzzing.md.
+
+use std::path::PathBuf;
+
+fn corpus_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
+}
+
+fn replay(target: &str, harness: fn(&[u8])) {
+    let dir = corpus_dir(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{} is empty: nothing would be replayed", dir.display());
+    for f in &files {
+        let data = std::fs::read(f).unwrap();
+        let r = std::panic::catch_unwind(|| harness(&data));
+        assert!(r.is_ok(), "{} fails", f.display());
+    }
+    eprintln!("{target}: replayed {} inputs", files.len());
+}
+
+#[test]
+fn virtio_blk_corpus_replays() {
+    replay("virtio_blk", devices::fuzz::virtio_blk);
+}
+
+#[test]
+fn virtio_mmio_corpus_replays() {
+    replay("virtio_mmio", devices::fuzz::virtio_mmio);
+}
+
+/// The seeds reach what they were made for: the device answers them (or
+/// asks for a reset) as the spec says.
+#[test]
+fn seeds_run() {
+    use devices::fuzz::blk::{seeds, virtio_blk_outcome, Outcome};
+    let ok = |used: &[(u32, u32, u8)]| Outcome { used: used.to_vec(), needs_reset: false, skipped: false };
+    let reset = Outcome { used: Vec::new(), needs_reset: true, skipped: false };
+    for (name, data) in seeds() {
+        let r = std::panic::catch_unwind(|| virtio_blk_outcome(&data));
+        let Ok(outcome) = r else { panic!("virtio_blk seed {name} fails") };
+        let want = match name {
+            // A 4 KiB read: data and status written, status OK.
+            "read" => ok(&[(0, 4097, 0)]),
+            "write-flush" => ok(&[(0, 1, 0), (5, 1, 0)]),
+            // GET_ID writes 20 bytes and the status.
+            "get-id-discard-write-zeroes" => ok(&[(0, 21, 0), (4, 1, 0), (8, 1, 0)]),
+            "indirect-read-write" => ok(&[(0, 1537, 0), (1, 1, 0)]),
+            "split-header-merged-status" => ok(&[(0, 513, 0)]),
+            "two-rounds-event-idx" => ok(&[(0, 513, 0), (3, 1, 0)]),
+            // IOERR for a write and a write-zeroes on a read-only disk.
+            "read-only-write" => ok(&[(0, 1, 1), (2, 1, 1)]),
+            "loop" | "avail-far-ahead" => reset.clone(),
+            "small-queue-wraps" => ok(&[(0, 513, 0), (1, 1, 0), (0, 513, 0)]),
+            _ => outcome.clone(),
+        };
+        assert_eq!(outcome, want, "virtio_blk seed {name}");
+    }
+    for (name, data) in devices::fuzz::mmio::seeds() {
+        let r = std::panic::catch_unwind(|| devices::fuzz::mmio::virtio_mmio_outcome(&data));
+        let Ok(o) = r else { panic!("virtio_mmio seed {name} fails") };
+        let (running, needs_reset) = (o.running > 0, o.needs_reset > 0);
+        match name {
+            "driver-ok" | "reset-reinit" => assert!(running && !needs_reset, "{name}: {o:?}"),
+            // The device answered the read the seed put in the rings.
+            "driver-ok-read" => assert!(running && o.used_idx == 1, "{name}: {o:?}"),
+            // FEATURES_OK refused (legacy) or skipped: DRIVER_OK fails;
+            // queue 1 does not exist, so queue 0 was never set up.
+            "legacy-refused" | "no-features-ok" | "queue-1" => assert!(needs_reset && !running, "{name}: {o:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// `FUZZ_WRITE_SEEDS=1 cargo test -p devices --test fuzz_corpus -- --ignored`
+/// writes the seeds into the corpus directories (see docs/fuzzing.md).
+#[test]
+#[ignore]
+fn write_seeds() {
+    if std::env::var_os("FUZZ_WRITE_SEEDS").is_none() {
+        return;
+    }
+    for (target, seeds) in [("virtio_blk", devices::fuzz::blk::seeds()), ("virtio_mmio", devices::fuzz::mmio::seeds())] {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, data) in seeds {
+            std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+        }
+    }
+}
