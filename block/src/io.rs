@@ -116,17 +116,39 @@ pub(crate) fn needs_bounce(align: usize, offset: u64, iov: &[IoVec]) -> bool {
     !total.is_multiple_of(a)
 }
 
-fn aligned_span(offset: u64, bytes: u64, align: u64) -> (u64, u64) {
-    let start = offset - offset % align;
-    let end = (offset + bytes).div_ceil(align) * align;
-    (start, end - start)
+/// One aligned piece of a bounced request: it covers `[at, at + n)` of the
+/// medium, of which `[lo, hi)` belongs to the request.
+struct Piece {
+    at: u64,
+    n: u64,
+    lo: u64,
+    hi: u64,
 }
 
-/// One bounce buffer for a request spanning `span` aligned bytes.
-fn bounce_buf(span: u64, align: u64) -> IoResult<(AlignedBuf, u64)> {
+/// Moves the request `[offset, offset + len)` through one bounce buffer of
+/// at most `BOUNCE_CHUNK` bytes, in aligned pieces: `f(piece, its part of
+/// the buffer)` for each, in order.
+fn for_each_piece(
+    drv: &dyn BlockDriver,
+    offset: u64,
+    len: u64,
+    mut f: impl FnMut(&Piece, &mut [u8]) -> IoResult<()>,
+) -> IoResult<()> {
+    let align = drv.request_alignment() as u64;
+    let start = offset - offset % align;
+    let span = (offset + len).div_ceil(align) * align - start;
     // A power-of-two alignment up to 1 MiB divides BOUNCE_CHUNK.
     let chunk = BOUNCE_CHUNK.max(align).min(span);
-    Ok((AlignedBuf::new(chunk as usize, align as usize)?, chunk))
+    let mut buf = AlignedBuf::new(chunk as usize, align as usize)?;
+    let end = offset + len;
+    let mut at = start;
+    while at < start + span {
+        let n = chunk.min(start + span - at);
+        let piece = Piece { at, n, lo: at.max(offset), hi: (at + n).min(end) };
+        f(&piece, &mut buf.as_mut_slice()[..n as usize])?;
+        at += n;
+    }
+    Ok(())
 }
 
 fn read_into(drv: &dyn BlockDriver, at: u64, buf: &mut [u8]) -> IoResult<()> {
@@ -134,21 +156,12 @@ fn read_into(drv: &dyn BlockDriver, at: u64, buf: &mut [u8]) -> IoResult<()> {
 }
 
 fn bounce_read(drv: &dyn BlockDriver, offset: u64, len: u64, iov: &[IoVec]) -> IoResult<()> {
-    let align = drv.request_alignment() as u64;
-    let (start, span) = aligned_span(offset, len, align);
-    let (mut buf, chunk) = bounce_buf(span, align)?;
-    let end = offset + len;
-    let mut at = start;
-    while at < start + span {
-        let n = chunk.min(start + span - at);
-        let b = &mut buf.as_mut_slice()[..n as usize];
-        read_into(drv, at, b)?;
-        let (lo, hi) = (at.max(offset), (at + n).min(end));
+    for_each_piece(drv, offset, len, |p, b| {
+        read_into(drv, p.at, b)?;
         // SAFETY: a read's segments are valid for writes.
-        unsafe { copy_to_iov(iov, (lo - offset) as usize, &b[(lo - at) as usize..(hi - at) as usize]) };
-        at += n;
-    }
-    Ok(())
+        unsafe { copy_to_iov(iov, (p.lo - offset) as usize, &b[(p.lo - p.at) as usize..(p.hi - p.at) as usize]) };
+        Ok(())
+    })
 }
 
 /// Writes `len` bytes at `offset` through aligned pieces: partial head and
@@ -156,27 +169,19 @@ fn bounce_read(drv: &dyn BlockDriver, offset: u64, len: u64, iov: &[IoVec]) -> I
 /// `fill(position in the request, destination)` supplies the data.
 fn bounce_write(drv: &dyn BlockDriver, offset: u64, len: u64, fill: &dyn Fn(usize, &mut [u8])) -> IoResult<()> {
     let align = drv.request_alignment() as u64;
-    let (start, span) = aligned_span(offset, len, align);
-    let (mut buf, chunk) = bounce_buf(span, align)?;
     let end = offset + len;
-    let mut at = start;
-    while at < start + span {
-        let n = chunk.min(start + span - at);
-        let b = &mut buf.as_mut_slice()[..n as usize];
-        let head = at < offset;
+    for_each_piece(drv, offset, len, |p, b| {
+        let head = p.at < offset;
         if head {
-            read_into(drv, at, &mut b[..align as usize])?;
+            read_into(drv, p.at, &mut b[..align as usize])?;
         }
         // One block holding both ends was already read as the head.
-        if at + n > end && !(head && n == align) {
-            read_into(drv, at + n - align, &mut b[(n - align) as usize..])?;
+        if p.at + p.n > end && !(head && p.n == align) {
+            read_into(drv, p.at + p.n - align, &mut b[(p.n - align) as usize..])?;
         }
-        let (lo, hi) = (at.max(offset), (at + n).min(end));
-        fill((lo - offset) as usize, &mut b[(lo - at) as usize..(hi - at) as usize]);
-        drv.pwritev(at, IoVec::from_mut_slices(&mut [IoSliceMut::new(b)]))?;
-        at += n;
-    }
-    Ok(())
+        fill((p.lo - offset) as usize, &mut b[(p.lo - p.at) as usize..(p.hi - p.at) as usize]);
+        drv.pwritev(p.at, IoVec::from_mut_slices(&mut [IoSliceMut::new(b)]))
+    })
 }
 
 fn zeroes_unaligned(drv: &dyn BlockDriver, offset: u64, len: u64, align: u64, unmap: bool) -> IoResult<()> {

@@ -501,18 +501,21 @@ fn an_unbalanced_drained_end_is_caught() {
     b.drained_end();
 }
 
+/// A device that logs its drained_begin/end calls.
+#[derive(Default)]
+struct Seen(Mutex<Vec<&'static str>>);
+
+impl BlockDevOps for Seen {
+    fn drained_begin(&self) {
+        self.0.lock().unwrap().push("begin");
+    }
+    fn drained_end(&self) {
+        self.0.lock().unwrap().push("end");
+    }
+}
+
 #[test]
 fn a_device_attached_inside_a_section_is_stopped_and_let_go_on_detach() {
-    #[derive(Default)]
-    struct Seen(Mutex<Vec<&'static str>>);
-    impl BlockDevOps for Seen {
-        fn drained_begin(&self) {
-            self.0.lock().unwrap().push("begin");
-        }
-        fn drained_end(&self) {
-            self.0.lock().unwrap().push("end");
-        }
-    }
     let b = null_backend(4096);
     b.drained_begin();
     let first = Arc::new(Seen::default());
@@ -530,16 +533,6 @@ fn a_device_attached_inside_a_section_is_stopped_and_let_go_on_detach() {
 #[test]
 fn media_operations_drain_first() {
     // A drained section seen by the device around each media operation.
-    #[derive(Default)]
-    struct Seen(Mutex<Vec<&'static str>>);
-    impl BlockDevOps for Seen {
-        fn drained_begin(&self) {
-            self.0.lock().unwrap().push("begin");
-        }
-        fn drained_end(&self) {
-            self.0.lock().unwrap().push("end");
-        }
-    }
     let b = BlockBackend::new("m");
     let dev = Arc::new(Seen::default());
     b.attach_dev(dev.clone());
