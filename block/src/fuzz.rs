@@ -90,7 +90,7 @@ pub const IMAGE_SIZES: [u64; 2] = [64 << 10, (64 << 10) - 300];
 /// harness skips such writes (and write-zeroes) instead of issuing them.
 pub const AVOID_TAIL_GROWTH: bool = true;
 /// Operations per input, so that one execution stays short.
-pub const MAX_OPS: usize = 32;
+pub const MAX_OPS: usize = 16;
 /// Segments per vectored request.
 pub const MAX_SEGS: usize = 8;
 /// The largest buffer-backed request: the image and a bit more, so that

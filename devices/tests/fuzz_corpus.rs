@@ -69,8 +69,14 @@ fn seeds_run() {
         let (running, needs_reset) = (o.running > 0, o.needs_reset > 0);
         match name {
             "driver-ok" | "reset-reinit" => assert!(running && !needs_reset, "{name}: {o:?}"),
-            // The device answered the read the seed put in the rings.
-            "driver-ok-read" => assert!(running && o.used_idx == 1, "{name}: {o:?}"),
+            // The device answers the read the seed put in the rings, if its
+            // I/O thread gets there within the seed's waits (a few tries,
+            // for a loaded machine).
+            "driver-ok-read" => {
+                let answered = |o: &devices::fuzz::mmio::Outcome| o.running > 0 && o.used_idx == 1;
+                let again = || devices::fuzz::mmio::virtio_mmio_outcome(&data);
+                assert!(answered(&o) || (0..50).any(|_| answered(&again())), "{name}: {o:?}");
+            }
             // FEATURES_OK refused (legacy) or skipped: DRIVER_OK fails;
             // queue 1 does not exist, so queue 0 was never set up.
             "legacy-refused" | "no-features-ok" | "queue-1" => assert!(needs_reset && !running, "{name}: {o:?}"),

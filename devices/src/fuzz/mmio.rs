@@ -17,7 +17,7 @@
 //!
 //! The I/O thread runs concurrently with the register accesses, as with a
 //! real guest; WAIT operations let it catch up (bounded: `MAX_WAITS` of
-//! `WAIT_MS`).
+//! `WAIT_US`).
 //!
 //! Input: one config byte (drive, guest memory contents), then operations
 //! (`tag`).
@@ -63,17 +63,18 @@ pub mod tag {
     pub const NOTIFY: u8 = 6;
     /// A config space read.
     pub const CONFIG: u8 = 7;
-    /// Wait (at most `WAIT_MS`) for an interrupt, e.g. after a
+    /// Wait (at most `WAIT_US`) for an interrupt, e.g. after a
     /// notification, so that the I/O thread gets to the rings before the
     /// next operations or the final reset.
     pub const WAIT: u8 = 8;
     pub const TAGS: u8 = 9;
 }
 
-/// The longest a WAIT operation waits, and how many an input gets: an
-/// input cannot make an execution slower than this.
-pub const WAIT_MS: i32 = 10;
-pub const MAX_WAITS: usize = 4;
+/// The longest a WAIT operation waits (the I/O thread takes tens of
+/// microseconds for a notification), and how many an input gets: an input
+/// cannot make an execution much slower than this.
+pub const WAIT_US: i64 = 200;
+pub const MAX_WAITS: usize = 2;
 
 /// The defined registers, and a few undefined offsets.
 pub const REGS: [u32; 32] = [
@@ -203,25 +204,38 @@ struct Run {
     status: u32,
     queue_sel: u32,
     generation: u32,
-    log: Vec<String>,
+    /// What happened, formatted only for a failure report.
+    log: Vec<Event>,
+}
+
+/// Read only through Debug, in failure reports.
+#[allow(dead_code)]
+#[derive(Debug)]
+enum Event {
+    Config(u8),
+    Read { off: u64, width: usize, value: u64 },
+    Write { off: u64, width: usize, value: u64 },
+    Init { refuse: u8, num: u32, rings: [u64; 3], steps: u8 },
+    Poke { at: u64, bytes: Vec<u8> },
+    Wait,
 }
 
 impl Run {
     fn fail(&self, what: std::fmt::Arguments) -> ! {
-        panic!("virtio-mmio fuzz: {what}\ncapacity {}, log:\n{}", self.capacity, self.log.join("\n"));
+        panic!("virtio-mmio fuzz: {what}\ncapacity {}, log:\n{:#x?}", self.capacity, self.log);
     }
 
     fn read(&mut self, off: u64, width: usize) -> u64 {
         let mut b = [0u8; 8];
         self.t.read(off, &mut b[..width]);
         let v = u64::from_le_bytes(b);
-        self.log.push(format!("read {off:#x}/{width} = {v:#x}"));
+        self.log.push(Event::Read { off, width, value: v });
         self.check_read(off, width, v);
         v
     }
 
     fn write(&mut self, off: u64, width: usize, v: u64) {
-        self.log.push(format!("write {off:#x}/{width} {v:#x}"));
+        self.log.push(Event::Write { off, width, value: v });
         self.t.write(off, &v.to_le_bytes()[..width]);
         if width != 4 || !off.is_multiple_of(4) || off >= u64::from(VIRTIO_MMIO_CONFIG) {
             return;
@@ -315,7 +329,7 @@ impl Run {
         let num = if b < 0xf0 { 1u32 << (b % 10) } else { u32::from(inp.u16()) };
         let rings = [ring_addr(inp, DESC), ring_addr(inp, AVAIL), ring_addr(inp, USED)];
         let steps = inp.u8();
-        self.log.push(format!("init refuse {refuse:#x} num {num} rings {rings:x?} steps {steps:#x}"));
+        self.log.push(Event::Init { refuse, num, rings, steps });
         self.w32(VIRTIO_MMIO_STATUS, 0);
         let mut s = VIRTIO_CONFIG_S_ACKNOWLEDGE;
         self.w32(VIRTIO_MMIO_STATUS, s);
@@ -394,7 +408,7 @@ pub fn virtio_mmio_outcome(data: &[u8]) -> Outcome {
             status: 0,
             queue_sel: 0,
             generation: 0,
-            log: vec![format!("config {c0:#x}")],
+            log: vec![Event::Config(c0)],
         };
         for _ in 0..MAX_OPS {
             if inp.is_empty() {
@@ -424,7 +438,7 @@ pub fn virtio_mmio_outcome(data: &[u8]) -> Outcome {
                     let at = super::blk::addr(&mut inp);
                     let n = usize::from(inp.u8() % 32);
                     let b = inp.bytes(n).to_vec();
-                    run.log.push(format!("poke {at:#x} {b:x?}"));
+                    run.log.push(Event::Poke { at, bytes: b.clone() });
                     let _ = mem.write_slice(&b, GuestAddress(at));
                 }
                 tag::NOTIFY => {
@@ -440,10 +454,11 @@ pub fn virtio_mmio_outcome(data: &[u8]) -> Outcome {
                     if run.waits < MAX_WAITS {
                         run.waits += 1;
                         let mut p = libc::pollfd { fd: run.irq.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                        // SAFETY: one valid pollfd.
-                        unsafe { libc::poll(&mut p, 1, WAIT_MS) };
+                        let t = libc::timespec { tv_sec: 0, tv_nsec: WAIT_US * 1000 };
+                        // SAFETY: one valid pollfd, a valid timeout, no signal mask.
+                        unsafe { libc::ppoll(&mut p, 1, &t, std::ptr::null()) };
                         let _ = run.irq.read();
-                        run.log.push("wait".into());
+                        run.log.push(Event::Wait);
                     }
                 }
             }
