@@ -139,6 +139,16 @@ impl VcpuControl {
     }
 }
 
+/// The size of one item of the current port-I/O exit (1, 2 or 4 bytes);
+/// the exit's data is `count` such items (`rep ins/outs`).
+fn io_size(run: *const kvm_bindings::kvm_run) -> usize {
+    // SAFETY: `run` is the vCPU's mapped kvm_run page and the exit is
+    // KVM_EXIT_IO, so `io` is the union's live member; the fields are read
+    // by value and do not overlap the data area the exit's slice covers.
+    let size = unsafe { std::ptr::addr_of!((*run).__bindgen_anon_1.io.size).read() };
+    usize::from(size).max(1)
+}
+
 pub struct Vcpu {
     pub id: u8,
     pub fd: VcpuFd,
@@ -159,16 +169,31 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        // The kvm_run page stays mapped as long as the vCPU fd: the size of
+        // one port access is read from it, since `VcpuExit::IoIn/IoOut` only
+        // give the whole string.
+        let kvm_run: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
         while self.control.checkpoint() {
             match self.fd.run() {
                 Ok(exit) => match exit {
                     VcpuExit::IoIn(port, data) => {
-                        if !self.pio.read(u64::from(port), data) {
+                        let size = io_size(kvm_run);
+                        let claimed = if data.len() > size {
+                            self.pio.read_string(u64::from(port), size, data)
+                        } else {
+                            self.pio.read(u64::from(port), data)
+                        };
+                        if !claimed {
                             data.fill(0xff);
                         }
                     }
                     VcpuExit::IoOut(port, data) => {
-                        self.pio.write(u64::from(port), data);
+                        let size = io_size(kvm_run);
+                        if data.len() > size {
+                            self.pio.write_string(u64::from(port), size, data);
+                        } else {
+                            self.pio.write(u64::from(port), data);
+                        }
                     }
                     VcpuExit::MmioRead(addr, data) => {
                         if !self.mmio.read(addr, data) {
