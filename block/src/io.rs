@@ -167,8 +167,26 @@ fn bounce_read(drv: &dyn BlockDriver, offset: u64, len: u64, iov: &[IoVec]) -> I
 /// Writes `len` bytes at `offset` through aligned pieces: partial head and
 /// tail blocks are read first so their other bytes survive, then
 /// `fill(position in the request, destination)` supplies the data.
+///
+/// O_DIRECT writes whole blocks, so a write into the last, partial block of
+/// a file whose size is not a multiple of the alignment writes past the
+/// end; the file is then cut back to its size (or to the end of the write,
+/// when writing beyond EOF is allowed), so a guest never grows its image.
+/// The caller holds the write gate exclusively, so no other write can be
+/// between the two.
 fn bounce_write(drv: &dyn BlockDriver, offset: u64, len: u64, fill: &dyn Fn(usize, &mut [u8])) -> IoResult<()> {
     let align = drv.request_alignment() as u64;
+    let end = offset + len;
+    let size = drv.size()?;
+    let written_end = (end.div_ceil(align) * align).max(end);
+    bounce_pieces(drv, offset, len, align, fill)?;
+    if written_end > size.max(end) {
+        drv.truncate(size.max(end))?;
+    }
+    Ok(())
+}
+
+fn bounce_pieces(drv: &dyn BlockDriver, offset: u64, len: u64, align: u64, fill: &dyn Fn(usize, &mut [u8])) -> IoResult<()> {
     let end = offset + len;
     for_each_piece(drv, offset, len, |p, b| {
         let head = p.at < offset;

@@ -564,3 +564,27 @@ fn an_empty_request_at_an_odd_offset_touches_nothing() {
     let _ = std::fs::remove_file(&path);
     assert_eq!(on_disk, vec![7u8; 1000], "the file changed");
 }
+
+#[test]
+fn an_unaligned_write_into_the_partial_last_block_does_not_grow_the_file() {
+    // 1000 bytes: the last 512-byte block is partial. Writing into it goes
+    // through a whole-block O_DIRECT write, which must not leave the file
+    // (or the drive's length) grown.
+    let Some(path) = direct_file("tail", 4096) else {
+        println!("SKIPPED: no filesystem here accepts O_DIRECT");
+        eprintln!("SKIPPED: no filesystem here accepts O_DIRECT");
+        return;
+    };
+    std::fs::write(&path, vec![7u8; 1000]).unwrap();
+    let b = BlockBackend::new("tail");
+    b.insert_medium(Arc::new(RawFile::open(&path, false, CacheMode::None).unwrap()), "t").unwrap();
+    assert_eq!(b.write(990, &[1u8; 10]), Ok(()));
+    assert_eq!(b.getlength(), Ok(1000));
+    let mut back = [0u8; 12];
+    assert_eq!(b.read(988, &mut back), Ok(()));
+    assert_eq!(back, [7, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
+    let on_disk = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(on_disk.len(), 1000, "the file grew");
+    assert!(on_disk[..990].iter().all(|&x| x == 7) && on_disk[990..].iter().all(|&x| x == 1));
+}
