@@ -3,6 +3,7 @@
 //! no device needs to know about KVM.
 
 pub mod bus;
+pub mod ide;
 #[cfg(feature = "testing")]
 pub mod fuzz;
 pub mod legacy;
