@@ -101,3 +101,31 @@ fn write_seeds() {
         }
     }
 }
+
+#[test]
+fn ide_corpus_replays() {
+    replay("ide", devices::fuzz::ide);
+}
+
+/// The IDE seeds run, and `FUZZ_WRITE_SEEDS=1 cargo test -p devices --test
+/// fuzz_corpus -- --ignored` writes them into fuzz/corpus/ide/ too.
+#[test]
+fn ide_seeds_run() {
+    for (name, data) in devices::fuzz::ide::seeds() {
+        let r = std::panic::catch_unwind(|| devices::fuzz::ide(&data));
+        assert!(r.is_ok(), "ide seed {name} fails");
+    }
+}
+
+#[test]
+#[ignore]
+fn write_ide_seeds() {
+    if std::env::var_os("FUZZ_WRITE_SEEDS").is_none() {
+        return;
+    }
+    let dir = corpus_dir("ide");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, data) in devices::fuzz::ide::seeds() {
+        std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+    }
+}

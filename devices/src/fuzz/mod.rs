@@ -4,7 +4,9 @@
 //!
 //! - `virtio_blk`: descriptor chains, request headers and ring indexes,
 //!   through the real device (transport, I/O thread, parser, block layer);
-//! - `virtio_mmio`: register sequences against the transport.
+//! - `virtio_mmio`: register sequences against the transport;
+//! - `ide`: IDE channel registers, data port strings and ATAPI packets
+//!   (`ide.rs`, no guest memory).
 //!
 //! Both decode their input with `block::fuzz::Input` (reads past the end
 //! give zeros) and run on a small guest memory with a hole and two regions,
@@ -12,9 +14,11 @@
 //! RAM.
 
 pub mod blk;
+pub mod ide;
 pub mod mmio;
 
 pub use blk::virtio_blk;
+pub use ide::ide;
 pub use mmio::virtio_mmio;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};

@@ -483,6 +483,11 @@ impl IdeChannel {
         self.drives.iter().any(|d| d.pending.is_some())
     }
 
+    /// The selected device: 0 master, 1 slave.
+    pub fn selected_unit(&self) -> usize {
+        self.unit
+    }
+
     /// The line's current level.
     pub fn irq_level(&self) -> bool {
         self.irq.level()
