@@ -839,3 +839,28 @@ fn garbage_never_panics() {
         }
     }
 }
+
+#[test]
+fn through_the_port_bus() {
+    // As the VMM maps it: command block at 0x1f0, control at 0x3f6; one
+    // `rep insw` of a sector is one string access.
+    let (b, d) = disk_backend("hd0");
+    d.data()[512..1024].copy_from_slice(&pattern(5, 512));
+    let h = Host::new(disk(&b), None);
+    let mut bus = devices::Bus::new();
+    bus.insert(h.ch.clone(), 0x1f0, 8).unwrap();
+    bus.insert(h.ctl.clone(), 0x3f6, 1).unwrap();
+    assert!(bus.write(0x3f6, &[CTL_NIEN]));
+    for (port, v) in [(0x1f2u64, 1u8), (0x1f3, 1), (0x1f4, 0), (0x1f5, 0), (0x1f6, 0xe0), (0x1f7, 0x20)] {
+        assert!(bus.write(port, &[v]));
+    }
+    let mut st = [0u8];
+    assert!(bus.read(0x3f6, &mut st));
+    assert_eq!(st[0], DRDY | DSC | DRQ);
+    let mut sector = [0u8; 512];
+    assert!(bus.read_string(0x1f0, 2, &mut sector));
+    assert_eq!(sector.to_vec(), pattern(5, 512));
+    assert!(bus.read(0x1f7, &mut st));
+    assert_eq!(st[0], DRDY | DSC);
+    assert!(!bus.read(0x3f7, &mut st), "0x3f7 is the floppy's");
+}
