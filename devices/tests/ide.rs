@@ -864,3 +864,46 @@ fn through_the_port_bus() {
     assert_eq!(st[0], DRDY | DSC);
     assert!(!bus.read(0x3f7, &mut st), "0x3f7 is the floppy's");
 }
+
+#[test]
+fn lba48_past_2_28_on_a_sparse_raw_image() {
+    use block::drivers::raw::RawFile;
+    use block::CacheMode;
+    use std::os::unix::fs::FileExt;
+    // 200 GiB, sparse: an LBA past 2^28 needs the HOB bytes.
+    let path = std::env::temp_dir().join(format!("ide-lba48-{}", std::process::id()));
+    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    if f.set_len(200 << 30).is_err() {
+        eprintln!("SKIPPED: no 200 GiB sparse file in the temp dir");
+        return;
+    }
+    let b = Arc::new(BlockBackend::new("hd0"));
+    b.insert_medium(Arc::new(RawFile::open(&path, false, CacheMode::Writeback).unwrap()), "big.img").unwrap();
+    let h = Host::new(disk(&b), None);
+    let lba: u64 = (1 << 28) + 0x34_5678;
+    let data = pattern(77, 1024);
+    h.cmd48(0x34, lba, 2);
+    h.outsw(&data);
+    assert_eq!(h.inb(REG_STATUS), DRDY | DSC);
+    let mut on_disk = vec![0u8; 1024];
+    f.read_exact_at(&mut on_disk, lba * 512).unwrap();
+    assert_eq!(on_disk, data);
+    h.cmd48(0x24, lba, 2);
+    let got = [h.insw(512), h.insw(512)].concat();
+    assert_eq!(got, data);
+    // The registers hold the next LBA, high bytes through HOB.
+    h.devctl(CTL_HOB);
+    let hob = [h.inb(REG_SECTOR), h.inb(REG_LCYL), h.inb(REG_HCYL)];
+    h.devctl(0);
+    let lo = [h.inb(REG_SECTOR), h.inb(REG_LCYL), h.inb(REG_HCYL)];
+    let next = (0..3).fold(0u64, |a, i| a | u64::from(lo[i]) << (8 * i) | u64::from(hob[i]) << (24 + 8 * i));
+    assert_eq!(next, lba + 2);
+    // IDENTIFY: the 28-bit capacity saturates, the 48-bit one is exact.
+    h.outb(REG_STATUS, 0xec);
+    let id = h.insw(512);
+    assert_eq!((word(&id, 60), word(&id, 61)), (0xffff, 0x0fff));
+    let n = (0..4).fold(0u64, |a, i| a | (u64::from(word(&id, 100 + i)) << (16 * i)));
+    assert_eq!(n, (200u64 << 30) / 512);
+    drop(h);
+    std::fs::remove_file(&path).unwrap();
+}
