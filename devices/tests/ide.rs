@@ -907,3 +907,26 @@ fn lba48_past_2_28_on_a_sparse_raw_image() {
     drop(h);
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn device_reset_keeps_the_tray_and_power_reset_unlocks() {
+    let (b, _) = iso_backend("cd0", 16);
+    let h = Host::new(cd(&b), None);
+    h.select(0);
+    good(&packet(&h, &[0x1e, 0, 0, 0, 1], 0));
+    // DEVICE RESET in the middle of a CDB (DRQ set) is still accepted.
+    h.outb(REG_LCYL, 8);
+    h.outb(REG_STATUS, 0xa0);
+    assert_ne!(h.alt() & DRQ, 0);
+    h.inb(REG_STATUS);
+    h.outb(REG_STATUS, 0x08);
+    assert_eq!(h.alt(), 0, "status 0 after DEVICE RESET");
+    assert_eq!((h.inb(REG_LCYL), h.inb(REG_HCYL)), (0x14, 0xeb));
+    assert!(!h.irq(), "no IRQ for DEVICE RESET");
+    assert!(b.is_medium_locked(), "the lock survives DEVICE RESET");
+    good(&packet(&h, &[0x00], 0));
+    // A power cycle (system reset) unlocks.
+    h.ch.lock().unwrap().reset();
+    assert!(!b.is_medium_locked());
+    assert!(!h.irq());
+}
