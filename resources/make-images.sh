@@ -4,7 +4,8 @@
 # (L1), and the small disk and ISO images the tests use. Everything goes to
 # resources/out/ (git-ignored); a second run reuses what is already there.
 #
-# Needs: apt-get (with package lists), dpkg-deb, cpio, gzip, xorriso.
+# Needs: apt-get (with package lists), dpkg-deb, cpio, gzip, xorriso, ldd
+# (a Debian 12 host: the guest tools take some libraries from it).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -60,6 +61,27 @@ if [ ! -x "$out/busybox" ]; then
     cp "$work/root/bin/busybox" "$out/busybox"
 fi
 
+# eject (util-linux) and sg3-utils for the CD-ROM tests, with the libraries
+# ldd names (those of the packages themselves, the rest from this Debian 12
+# host, which has the same versions as the guest's distribution).
+tools="eject sg_inq sg_readcap sg_start sg_prevent sg_turs"
+if [ ! -d "$out/tools" ]; then
+    rm -rf "$work/root"
+    fetch eject
+    fetch sg3-utils
+    fetch libsgutils2-1.46-2
+    mkdir -p "$out/tools.tmp/usr/bin" "$out/tools.tmp/lib/x86_64-linux-gnu" "$out/tools.tmp/lib64"
+    for t in $tools; do
+        cp "$work/root/usr/bin/$t" "$out/tools.tmp/usr/bin/"
+        LD_LIBRARY_PATH="$work/root/usr/lib/x86_64-linux-gnu" ldd "$work/root/usr/bin/$t" |
+            grep -o '=> /[^ ]*' | cut -c4- | while read -r lib; do
+                cp -L "$lib" "$out/tools.tmp/lib/x86_64-linux-gnu/"
+            done
+    done
+    cp -L /lib64/ld-linux-x86-64.so.2 "$out/tools.tmp/lib64/"
+    rm -rf "$out/tools" && mv "$out/tools.tmp" "$out/tools"
+fi
+
 mkcpio() { # mkcpio DIR OUT: a newc archive with root-owned entries
     (cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) > "$2"
 }
@@ -69,6 +91,7 @@ g=$work/guest
 mkdir -p "$g/bin" "$g/sbin" "$g/proc" "$g/sys" "$g/dev" "$g/tmp" "$g/lib/modules" "$g/etc"
 cp "$out/busybox" "$g/bin/busybox"
 cp "$here/guest-init.sh" "$g/init" && chmod 755 "$g/init"
+cp -a "$out/tools/." "$g/"
 for m in virtio_ring virtio virtio_mmio virtio_blk scsi_common scsi_mod libata \
          pata_legacy cdrom sr_mod sd_mod isofs; do
     cp "$out/modules/$m.ko" "$g/lib/modules/"

@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod disks;
 pub mod exit;
+pub mod ide;
 pub mod machine;
 pub mod vcpu;
 

@@ -26,7 +26,7 @@ use crate::config::{SerialOutput, VmConfig};
 use crate::console::{self, Escape, Input, RawStdout, RawTerminal};
 use crate::exit::{ExitReason, Shutdown};
 use crate::vcpu::{self, Vcpu, VcpuControl};
-use crate::{acpi, boot, disks, Error, Result};
+use crate::{acpi, boot, disks, ide, Error, Result};
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |e| Error::Kvm(what, e)
@@ -217,11 +217,6 @@ impl MutEventSubscriber for Controller {
 /// Boots the configured guest and runs it to the end.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     let serial_out = serial_output(&cfg.serial)?;
-    // Say so rather than silently dropping what the user asked for.
-    let ide = cfg.drives.iter().filter(|d| d.interface == crate::config::Interface::Ide).count();
-    if ide > 0 {
-        eprintln!("vmm: note: {ide} IDE drive(s) checked, but the IDE controller is not implemented yet");
-    }
     if let Some(p) = &cfg.qmp {
         eprintln!("vmm: note: the control socket is not implemented yet; '{}' is not created", p.display());
     }
@@ -256,6 +251,7 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
         u64::from(ACPI_PM_PORT),
         u64::from(ACPI_PM_LEN),
     )?;
+    let ide = ide::create_ide(&kvm, &vm, &mut pio, &cfg.drives)?;
     let pio = Arc::new(pio);
     let disks = disks::create_virtio_disks(&vm, &mem, &cfg.drives)?;
     let mut mmio = Bus::new();
@@ -263,7 +259,8 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
         mmio.insert(d.transport.clone(), d.desc.base, u64::from(d.desc.len))?;
     }
     let mmio = Arc::new(mmio);
-    let backends: Vec<Arc<BlockBackend>> = disks.iter().map(|d| d.handle.backend().clone()).collect();
+    let mut backends: Vec<Arc<BlockBackend>> = disks.iter().map(|d| d.handle.backend().clone()).collect();
+    backends.extend(ide.backends.iter().cloned());
     let block_evt = evt()?;
     let (block_tx, block_rx) = mpsc::channel();
     for b in &backends {
@@ -341,6 +338,13 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     // does at exit.
     drop(mmio);
     drop(disks);
+    if cfg.print_blockstats {
+        for l in ide.exit_lines() {
+            eprintln!("{l}");
+        }
+    }
+    drop(pio);
+    drop(ide);
     for b in &backends {
         // The guest's own counters, before the flush below adds one.
         if cfg.print_blockstats {
