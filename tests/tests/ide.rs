@@ -141,3 +141,35 @@ fn cdrom_tray_lock_and_ata_disk() {
         eprintln!("ide e2e: {l}");
     }
 }
+
+/// Not in CI (a measurement, ~1 min nested): the guest's `dd` of a whole
+/// 64 MiB medium through /dev/sr0 with O_DIRECT, and the port-I/O exits
+/// it took. `cargo test -p e2e --test ide -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn cdrom_read_rate() {
+    let mut g = Script::guest("G");
+    g.line("read up idle </proc/uptime; t0=${up%.*}${up#*.}")
+        .ok_as("DD", "dd if=/dev/sr0 of=/dev/null bs=64k iflag=direct status=none")
+        .line("read up idle </proc/uptime; echo DD-CS=$(( ${up%.*}${up#*.} - t0 ))")
+        .line("echo SIZE=$(blockdev --getsize64 /dev/sr0)");
+    let mut h = Script::host("H");
+    h.ok("truncate -s 64M $WORK/big.iso").ok_as(
+        "VMM",
+        format!(
+            "$VMM --kernel $IMAGES/vmlinuz --initrd $IMAGES/initramfs.cpio.gz --cdrom $WORK/big.iso --print-blockstats \
+             --cmdline 'console=ttyS0 panic=-1 quiet acpi=off run=\"{}; reboot -f\"' </dev/null 2>$WORK/err",
+            g.text()
+        ),
+    );
+    h.ok("cat $WORK/err");
+    let run = run_scenario(&h.text(), Duration::from_secs(600));
+    h.check(&run);
+    g.check(&run);
+    let cs: f64 = run.expect_value("DD-CS").parse().expect("DD-CS");
+    let bytes: f64 = run.expect_value("SIZE").parse().expect("SIZE");
+    eprintln!("ide e2e: dd of 64 MiB through /dev/sr0: {:.2} MiB/s ({bytes} bytes in {:.2} s)", bytes / 1048576.0 / (cs / 100.0), cs / 100.0);
+    for l in run.lines.iter().filter(|l| l.contains("pio exits") || l.contains("blockstats")) {
+        eprintln!("ide e2e: {l}");
+    }
+}
