@@ -5,7 +5,9 @@
 //! file, asks the drive with sg3-utils (INQUIRY, READ CAPACITY), opens and
 //! closes the tray with util-linux `eject`, checks that a locked door
 //! refuses a raw START STOP UNIT eject, and writes a pattern to the disk
-//! that the host then finds in the image.
+//! that the host then finds in the image. A second, short guest in the
+//! same scenario fills a disk on a full host file system under
+//! werror=stop: the VM pauses.
 //!
 //! The guest boots with `acpi=off`: our ACPI tables describe a
 //! hardware-reduced machine, on which Linux sets up no legacy PIC and so
@@ -20,7 +22,7 @@ use std::time::Duration;
 
 use e2e::{run_scenario, Run, Script};
 
-const TIMEOUT: Duration = Duration::from_secs(200);
+const TIMEOUT: Duration = Duration::from_secs(400);
 
 fn md5_line(key: &str, file: &str) -> String {
     format!("echo {key}=$(md5sum <{file} | cut -c1-32)")
@@ -75,11 +77,14 @@ fn cdrom_tray_lock_and_ata_disk() {
         .ok_as("UNLOCK", "eject -i off /dev/sr0")
         .ok_as("SG-EJECT", "sg_start --eject /dev/sr0")
         .fails_as("READ-SG-EJECTED", "dd if=/dev/sr0 of=/dev/null bs=2048 count=1 2>/dev/null")
-        // The ATA disk: a pattern written with O_DIRECT reads back.
-        .ok("yes ide-disk-pattern | head -c 1048576 >/tmp/p")
+        // The ATA disk: a pattern written with O_DIRECT reads back. Only
+        // 64 KiB: a PIO write costs 256 exits a sector (`rep outsw` exits
+        // per word), and nested 1 MiB took 30 s, long enough for the
+        // guest's soft-lockup watchdog to cut into the console output.
+        .ok("yes ide-disk-pattern | head -c 65536 >/tmp/p")
         .line(md5_line("G-P", "/tmp/p"))
         .ok_as("WRITE-SDA", "dd if=/tmp/p of=/dev/sda bs=64k seek=16 oflag=direct status=none")
-        .ok_as("READ-SDA", "dd if=/dev/sda of=/tmp/rp bs=64k skip=16 count=16 iflag=direct status=none")
+        .ok_as("READ-SDA", "dd if=/dev/sda of=/tmp/rp bs=64k skip=16 count=1 iflag=direct status=none")
         .line(md5_line("R-P", "/tmp/rp"))
         .ok_as("SYNC", "sync /dev/sda")
         .line("echo GUEST-END=$((40+2))");
@@ -109,15 +114,44 @@ fn cdrom_tray_lock_and_ata_disk() {
             ),
         )
         .ok("cat $WORK/err")
-        .ok("dd if=$WORK/hd.raw of=$WORK/hp bs=64k skip=16 count=16 status=none")
+        .ok("dd if=$WORK/hd.raw of=$WORK/hp bs=64k skip=16 count=1 status=none")
         .line(md5_line("H-P", "$WORK/hp"));
+    // werror=stop on the ATA disk, with a real ENOSPC (the image on a 64 KiB
+    // tmpfs, the guest writes 256 KiB: PIO writes cost 256 exits a sector): the VM pauses in the io-error state
+    // with the write held, the guest's dd never returns, and SIGTERM still
+    // ends the VMM with status 0.
+    let mut stop = Script::guest("S");
+    stop.ok("yes stop | head -c 262144 >/tmp/p")
+        .ok_as("DD", "dd if=/tmp/p of=/dev/sda bs=64k oflag=direct status=none");
+    h.ok("mkdir -p $WORK/small")
+        .ok("mount -t tmpfs -o size=64k tmpfs $WORK/small")
+        .ok("truncate -s 64M $WORK/small/d.raw")
+        .line(format!(
+            "$VMM --kernel $IMAGES/vmlinuz --initrd $IMAGES/initramfs.cpio.gz \
+             --drive if=ide,file=$WORK/small/d.raw,werror=stop \
+             --cmdline 'console=ttyS0 panic=-1 quiet acpi=off run=\"{}; reboot -f\"' </dev/null >$WORK/out-stop 2>$WORK/err-stop &",
+            stop.text()
+        ))
+        .line("pid=$!")
+        .line("for i in $(seq 90); do grep -q 'VM paused' $WORK/err-stop && break; sleep 1; done")
+        .ok_as("STOP-PAUSED", "grep -q 'VM paused (io-error)' $WORK/err-stop")
+        .ok_as("STOP-ACTION", "grep -q 'write error.*action Stop' $WORK/err-stop")
+        .ok("kill -TERM $pid")
+        .ok_as("VMM-STOP", "wait $pid")
+        .ok("sed 's/^/STOP: /' $WORK/out-stop")
+        .ok("sed 's/^/STOP-ERR: /' $WORK/err-stop");
     let run = run_scenario(&h.text(), TIMEOUT);
     h.check(&run);
     g.check(&run);
     let log = run.log();
     let v = |k: &str| run.expect_value(k);
     assert_eq!(v("GUEST-END"), "42", "the guest script did not finish\n{log}");
+    // The stopped guest ran its script up to the dd, which never returned.
+    assert_eq!(run.status(&stop.status_key("1")), Some(0), "the werror=stop guest never ran\n{log}");
+    assert_eq!(run.status(&stop.status_key("DD")), None, "the guest ran on after the stop\n{log}");
+    assert!(run.has_line("STOP-ERR: vmm: terminating on signal 15"), "{log}");
     assert!(run.has_line("vmm: guest reset"), "{log}");
+    assert!(!run.has_line("flush at exit failed"), "{log}");
 
     assert_eq!(v("EMPTY-DEV"), "/dev/sr1", "{log}");
     assert_eq!(v("EMPTY-NOMEDIUM"), "1", "{log}");

@@ -350,6 +350,11 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
         if cfg.print_blockstats {
             eprintln!("{}", disks::stats_line(b));
         }
+        // An empty CD drive has nothing to flush (QEMU's blk_flush on a
+        // drive without a medium does nothing either).
+        if !b.is_inserted() {
+            continue;
+        }
         if let Err(e) = b.flush() {
             eprintln!("vmm: drive '{}': flush at exit failed: {e}", b.name());
         }
