@@ -68,7 +68,17 @@ fn seeds_run() {
         let Ok(o) = r else { panic!("virtio_mmio seed {name} fails") };
         let (running, needs_reset) = (o.running > 0, o.needs_reset > 0);
         match name {
-            "driver-ok" | "reset-reinit" => assert!(running && !needs_reset, "{name}: {o:?}"),
+            "driver-ok" => assert!(running && !needs_reset, "{name}: {o:?}"),
+            // The first activation's I/O thread may or may not have written
+            // its answers (into memory the second activation's rings then
+            // read) before the reset: on a loaded machine the second run can
+            // meet a ring the first one changed and ask for a reset, which is
+            // right. At least one of a few runs must come up clean.
+            "reset-reinit" => {
+                let clean = |o: &devices::fuzz::mmio::Outcome| o.running > 0 && o.needs_reset == 0;
+                let again = || devices::fuzz::mmio::virtio_mmio_outcome(&data);
+                assert!(clean(&o) || (0..20).any(|_| clean(&again())), "{name}: {o:?}");
+            }
             // The device answers the read the seed put in the rings, if its
             // I/O thread gets there within the seed's waits (a few tries,
             // for a loaded machine).
