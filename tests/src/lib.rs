@@ -84,7 +84,20 @@ pub struct Run {
     pub elapsed: Duration,
 }
 
+/// A shell line that prints `KEY=<md5 of FILE>`.
+pub fn md5_line(key: &str, file: &str) -> String {
+    format!("echo {key}=$(md5sum <{file} | cut -c1-32)")
+}
+
 impl Run {
+    /// The md5 printed under `key`, checked to be one (so that two failed
+    /// hashes can never compare equal).
+    pub fn md5(&self, key: &str) -> String {
+        let v = self.expect_value(key);
+        assert!(v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()), "{key}={v} is not an md5\n{}", self.log());
+        v
+    }
+
     /// The value of the first `KEY=value` line (or `KEY=value` word).
     ///
     /// A value with a `$` or a backquote in it is skipped: that is a shell

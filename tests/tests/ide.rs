@@ -20,19 +20,9 @@
 
 use std::time::Duration;
 
-use e2e::{run_scenario, Run, Script};
+use e2e::{md5_line, run_scenario, Script};
 
 const TIMEOUT: Duration = Duration::from_secs(400);
-
-fn md5_line(key: &str, file: &str) -> String {
-    format!("echo {key}=$(md5sum <{file} | cut -c1-32)")
-}
-
-fn md5(run: &Run, key: &str) -> String {
-    let v = run.expect_value(key);
-    assert!(v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()), "{key}={v} is not an md5\n{}", run.log());
-    v
-}
 
 #[test]
 fn cdrom_tray_lock_and_ata_disk() {
@@ -156,16 +146,16 @@ fn cdrom_tray_lock_and_ata_disk() {
     assert_eq!(v("EMPTY-DEV"), "/dev/sr1", "{log}");
     assert_eq!(v("EMPTY-NOMEDIUM"), "1", "{log}");
     assert_eq!(v("HELLO"), "hello_from_the_CD-ROM_", "{log}");
-    assert_eq!(md5(&run, "G-PATTERN"), md5(&run, "H-PATTERN"), "{log}");
+    assert_eq!(run.md5("G-PATTERN"), run.md5("H-PATTERN"), "{log}");
     assert_eq!(v("INQ-PDT"), "5", "{log}");
     assert_eq!(v("INQ-VENDOR"), "RVMM", "{log}");
     assert_eq!(v("INQ-PRODUCT"), "RVMMCD-ROM", "{log}");
     assert_eq!(v("CAP-BYTES"), v("H-ISO-SIZE"), "{log}");
     assert_eq!(v("OPEN-NOMEDIUM"), "1", "{log}");
-    assert_eq!(md5(&run, "G-ISO-HEAD"), md5(&run, "H-ISO-HEAD"), "{log}");
-    assert_ne!(md5(&run, "G-P"), md5(&run, "H-PATTERN"));
-    assert_eq!(md5(&run, "R-P"), md5(&run, "G-P"), "sda read back\n{log}");
-    assert_eq!(md5(&run, "H-P"), md5(&run, "G-P"), "the host image\n{log}");
+    assert_eq!(run.md5("G-ISO-HEAD"), run.md5("H-ISO-HEAD"), "{log}");
+    assert_ne!(run.md5("G-P"), run.md5("H-PATTERN"));
+    assert_eq!(run.md5("R-P"), run.md5("G-P"), "sda read back\n{log}");
+    assert_eq!(run.md5("H-P"), run.md5("G-P"), "the host image\n{log}");
 
     // For the record: the ISO's read rate and the port-I/O exits.
     let ns: f64 = v("DD-CS").parse::<f64>().expect("DD-CS") * 1e7;

@@ -11,22 +11,9 @@
 
 use std::time::Duration;
 
-use e2e::{run_scenario, vmm_command, Run, Script};
+use e2e::{md5_line, run_scenario, vmm_command, Script};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
-
-/// A line that prints `KEY=<md5 of FILE>`.
-fn md5_line(key: &str, file: &str) -> String {
-    format!("echo {key}=$(md5sum <{file} | cut -c1-32)")
-}
-
-/// The md5 printed under `key`, checked to be one (so that two failed
-/// hashes can never compare equal).
-fn md5(run: &Run, key: &str) -> String {
-    let v = run.expect_value(key);
-    assert!(v.len() == 32 && v.bytes().all(|b| b.is_ascii_hexdigit()), "{key}={v} is not an md5\n{}", run.log());
-    v
-}
 
 #[test]
 fn data_flush_readonly_and_serial() {
@@ -77,7 +64,7 @@ fn data_flush_readonly_and_serial() {
     host.check(&run);
     guest.check(&run);
     let v = |k: &str| run.expect_value(k);
-    let md5 = |k: &str| md5(&run, k);
+    let md5 = |k: &str| run.md5(k);
     let log = run.log();
     assert_eq!(run.status("VMM-GUEST-RC"), Some(0), "{log}");
     assert!(run.has_line("vmm: guest powered off"), "{log}");
