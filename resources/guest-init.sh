@@ -11,14 +11,28 @@ mount -t devtmpfs devtmpfs /dev
 mkdir -p /tmp /dev/pts
 mount -t tmpfs tmpfs /tmp
 
+# The IDE channels the machine has, from the ACPI namespace (PNP0600 devices
+# with their ports). pata_legacy probes all six ISA port ranges and each
+# probe of nothing costs libata's reset timeouts, so it is told to look only
+# at these (probe_mask bit 0 is 0x1f0, bit 1 0x170), and is not loaded at
+# all when there are none.
+ide_mask=0
+for d in /sys/bus/pnp/devices/*; do
+    grep -qx PNP0600 "$d/id" 2>/dev/null || continue
+    grep -q '^io 0x1f0-' "$d/resources" && ide_mask=$((ide_mask | 1))
+    grep -q '^io 0x170-' "$d/resources" && ide_mask=$((ide_mask | 2))
+done
+
 # virtio.ko needs a symbol of virtio_ring.ko, and sd_mod must come after libata
 # or an ATA disk gets no /dev/sdX: this order is load-bearing.
 for m in virtio_ring virtio virtio_mmio virtio_blk \
          scsi_common scsi_mod libata pata_legacy cdrom sr_mod sd_mod isofs; do
-    if ! insmod "/lib/modules/$m.ko" 2>/dev/null; then
-        # pata_legacy refuses to stay loaded when no IDE port answers.
-        [ "$m" = pata_legacy ] || echo "guest-init: could not load $m"
+    args=
+    if [ "$m" = pata_legacy ]; then
+        [ "$ide_mask" = 0 ] && continue
+        args="probe_mask=$ide_mask"
     fi
+    insmod "/lib/modules/$m.ko" $args || echo "guest-init: could not load $m"
 done
 
 cpus=$(grep -c '^processor' /proc/cpuinfo)

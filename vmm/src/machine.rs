@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 
 use block::{BlockBackend, BlockEvent, ErrorAction};
 
-use devices::legacy::{AcpiPower, EventFdTrigger, Serial, I8042};
+use devices::legacy::{AcpiPower, EventFdTrigger, Serial, ACPI_PM_LEN, I8042};
 use devices::Bus;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
@@ -274,7 +274,15 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
 
     // Guest memory contents and boot state.
     let descs: Vec<acpi::VirtioMmioDesc> = disks.iter().map(|d| d.desc).collect();
-    acpi::create_tables(&mem, cfg.cpus, &descs)?;
+    let ide_descs: Vec<acpi::IdeChannelDesc> = ide
+        .channels
+        .iter()
+        .map(|(n, _, _)| {
+            let (cmd, ctl, irq) = ide::CHANNELS[*n];
+            acpi::IdeChannelDesc { cmd, ctl, irq }
+        })
+        .collect();
+    acpi::create_tables(&mem, cfg.cpus, &descs, &ide_descs)?;
     let entry = boot::load_linux(&mem, cfg.memory, &cfg.kernel, &cfg.kernel_format, cfg.initrd.as_deref(), &cfg.cmdline)?;
 
     let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;

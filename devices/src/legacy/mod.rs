@@ -1,13 +1,16 @@
 //! The PC platform devices a Linux guest needs to boot and stop: the 16550
-//! console, the i8042 (for its CPU-reset line) and the ACPI sleep/reset
-//! registers of a hardware-reduced machine.
+//! console, the i8042 (for its CPU-reset line) and the ACPI PM1 and reset
+//! registers.
 
 mod i8042;
 mod power;
 mod serial;
 
 pub use i8042::I8042;
-pub use power::{AcpiPower, RESET_VALUE, S5_SLEEP_TYPE};
+pub use power::{
+    AcpiPower, ACPI_PM_LEN, PM1_CNT_LEN, PM1_CNT_OFFSET, PM1_EVT_LEN, PM1_EVT_OFFSET, RESET_OFFSET, RESET_VALUE,
+    S5_SLEEP_TYPE,
+};
 pub use serial::Serial;
 
 use vmm_sys_util::eventfd::EventFd;

@@ -48,9 +48,12 @@ pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 
-/// Port of the ACPI sleep control, sleep status and reset registers.
+/// Port of the ACPI PM1a event and control blocks and the reset register
+/// (devices::legacy::AcpiPower; `ACPI_PM_LEN` bytes).
 pub const ACPI_PM_PORT: u16 = 0x600;
-pub const ACPI_PM_LEN: u16 = 3;
+/// The SCI's ISA IRQ, as on a PC (QEMU's too). Nothing raises it: this
+/// machine has no fixed or general-purpose ACPI events.
+pub const SCI_IRQ: u16 = 9;
 
 pub const SERIAL_PORT: u16 = 0x3f8;
 pub const SERIAL_IRQ: u32 = 4;
