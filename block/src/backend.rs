@@ -312,6 +312,11 @@ impl BlockBackend {
         self.st().medium.as_ref().map(|m| m.filename.clone())
     }
 
+    /// The medium's driver (`raw`, `null`, ...), None without a medium.
+    pub fn medium_driver(&self) -> Option<&'static str> {
+        self.st().medium.as_ref().map(|m| m.driver.name())
+    }
+
     /// The medium's node name (QEMU's node-name), None without a medium.
     pub fn node_name(&self) -> Option<String> {
         self.st().medium.as_ref().map(|m| m.node_name.clone())

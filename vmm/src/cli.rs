@@ -46,9 +46,10 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub cdrom: Option<PathBuf>,
 
-    /// Path of the QMP control socket to listen on.
+    /// The QMP control socket to listen on: PATH, or QEMU's spelling
+    /// unix:PATH,server=on,wait=off.
     #[arg(long, value_name = "PATH")]
-    pub qmp: Option<PathBuf>,
+    pub qmp: Option<String>,
 
     /// Where the guest's ttyS0 goes: stdio, file:PATH or none.
     #[arg(long, value_name = "stdio|file:PATH|none", default_value = "stdio")]

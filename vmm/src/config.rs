@@ -23,6 +23,8 @@ pub enum ConfigError {
     File { what: &'static str, path: PathBuf, reason: String },
     #[error("--kernel '{0}': not a bzImage or ELF kernel")]
     KernelFormat(PathBuf),
+    #[error("{0}")]
+    Qmp(String),
     #[error("--serial '{0}': expected stdio, file:PATH or none")]
     Serial(String),
     #[error("--drive '{spec}': {reason}")]
@@ -114,7 +116,7 @@ impl VmConfig {
             memory: parse_memory(&cli.memory)?,
             cpus: parse_cpus(&cli.cpus)?,
             drives: parse_drives(&drive_specs)?,
-            qmp: cli.qmp.clone(),
+            qmp: cli.qmp.as_deref().map(crate::qmp::parse_spec).transpose().map_err(ConfigError::Qmp)?,
             serial: parse_serial(&cli.serial)?,
             paused: cli.paused,
             print_blockstats: cli.print_blockstats,

@@ -19,10 +19,28 @@ pub enum ExitReason {
     /// Triple fault, KVM internal error, failed entry: the message carries
     /// the vCPU registers.
     GuestCrash(String),
+    /// QMP `quit`.
+    QmpQuit,
+    /// QMP `system_reset`: like a guest reset, the VMM ends.
+    QmpReset,
 }
 
 impl ExitReason {
     /// 0 for every orderly end; 2 when the guest died.
+    /// QEMU's ShutdownCause name and whether the guest caused it, for the
+    /// SHUTDOWN event.
+    pub fn qmp_cause(&self) -> (bool, &'static str) {
+        match self {
+            ExitReason::PowerOff => (true, "guest-shutdown"),
+            ExitReason::Reset => (true, "guest-reset"),
+            ExitReason::Signal(_) => (false, "host-signal"),
+            ExitReason::Quit => (false, "host-ui"),
+            ExitReason::GuestCrash(_) => (false, "host-error"),
+            ExitReason::QmpQuit => (false, "host-qmp-quit"),
+            ExitReason::QmpReset => (false, "host-qmp-system-reset"),
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             ExitReason::GuestCrash(_) => 2,

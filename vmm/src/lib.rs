@@ -13,6 +13,8 @@ pub mod disks;
 pub mod exit;
 pub mod ide;
 pub mod machine;
+pub mod qmp;
+pub mod runstate;
 pub mod vcpu;
 
 use std::path::PathBuf;
@@ -46,6 +48,8 @@ pub enum Error {
     Io(&'static str, std::io::Error),
     #[error("event loop: {0}")]
     EventManager(event_manager::Error),
+    #[error(transparent)]
+    Qmp(#[from] qmp::server::BindError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -74,6 +78,8 @@ pub fn run(cli: &cli::Cli) -> i32 {
                 exit::ExitReason::Quit => eprintln!("vmm: quit from the console (Ctrl-A x)"),
                 exit::ExitReason::GuestCrash(msg) => eprintln!("vmm: guest crashed: {msg}"),
                 exit::ExitReason::Signal(sig) => eprintln!("vmm: terminating on signal {sig}"),
+                exit::ExitReason::QmpQuit => eprintln!("vmm: quit by QMP"),
+                exit::ExitReason::QmpReset => eprintln!("vmm: reset by QMP (the VMM ends on a reset)"),
             }
             reason.exit_code()
         }

@@ -12,6 +12,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 
 use block::{BlockBackend, BlockEvent, ErrorAction};
+use devices::ide::IdeChannel;
+use devices::virtio::block::BlockHandle;
+use serde_json::{json, Value};
 
 use devices::legacy::{AcpiPower, EventFdTrigger, Serial, ACPI_PM_LEN, I8042};
 use devices::Bus;
@@ -26,6 +29,8 @@ use crate::config::{SerialOutput, VmConfig};
 use crate::console::{self, Escape, Input, RawStdout, RawTerminal};
 use crate::exit::{ExitReason, Shutdown};
 use crate::vcpu::{self, Vcpu, VcpuControl};
+use crate::qmp::{self, QmpError, Server};
+use crate::runstate::RunState;
 use crate::{acpi, boot, disks, ide, Error, Result};
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -98,8 +103,9 @@ fn block_exit_signals() -> Result<OwnedFd> {
     }
 }
 
-/// The main thread's event handler: host signals, guest power events and
-/// console input.
+/// The running machine's owner, on the main thread: it handles host
+/// signals, guest power events, console input, block-layer events and the
+/// QMP socket, and it alone changes the run state.
 struct Controller {
     shutdown: Arc<Shutdown>,
     signals: OwnedFd,
@@ -115,6 +121,15 @@ struct Controller {
     block_rx: mpsc::Receiver<BlockEvent>,
     vcpus: Vec<JoinHandle<()>>,
     control: Arc<VcpuControl>,
+    state: RunState,
+    qmp: Option<Server>,
+    /// Every drive (virtio and IDE), in command-line order.
+    drives: Vec<qmp::Drive>,
+    virtio: Vec<BlockHandle>,
+    ide: Vec<Arc<Mutex<IdeChannel>>>,
+    /// Events caused by the command being run, for the QMP server to send
+    /// before its reply.
+    events: Vec<Value>,
 }
 
 impl Controller {
@@ -123,13 +138,125 @@ impl Controller {
     fn block_events(&mut self) {
         let _ = self.block_evt.read();
         while let Ok(ev) = self.block_rx.try_recv() {
-            if let BlockEvent::IoError { device, operation, action, reason, .. } = ev {
-                eprintln!("vmm: drive '{device}': {operation} error ({reason}), action {action:?}");
-                if action == ErrorAction::Stop && !self.control.is_paused() {
-                    self.control.pause(&self.vcpus);
-                    eprintln!("vmm: VM paused (io-error)");
+            match ev {
+                BlockEvent::IoError { device, node_name, operation, action, nospace, reason } => {
+                    eprintln!("vmm: drive '{device}': {operation} error ({reason}), action {action:?}");
+                    let mut data = json!({
+                        "device": device,
+                        "operation": operation,
+                        "action": match action {
+                            ErrorAction::Report => "report",
+                            ErrorAction::Ignore => "ignore",
+                            ErrorAction::Stop => "stop",
+                        },
+                        "reason": reason,
+                    });
+                    if let Some(n) = node_name {
+                        data["node-name"] = json!(n);
+                    }
+                    if let Some(n) = nospace {
+                        data["nospace"] = json!(n);
+                    }
+                    // BLOCK_IO_ERROR before STOP, as QEMU sends them.
+                    self.event("BLOCK_IO_ERROR", Some(data));
+                    if action == ErrorAction::Stop && self.state.is_running() {
+                        self.vm_stop(RunState::IoError);
+                        eprintln!("vmm: VM paused (io-error)");
+                    }
+                }
+                BlockEvent::TrayMoved { device, tray_open } => {
+                    self.event("DEVICE_TRAY_MOVED", Some(json!({"device": device, "id": device, "tray-open": tray_open})));
                 }
             }
+        }
+    }
+
+    fn event(&mut self, name: &str, data: Option<Value>) {
+        self.events.push(qmp::protocol::event(name, data));
+    }
+
+    fn set_state(&mut self, to: RunState) {
+        debug_assert!(self.state.can_go(to), "{:?} -> {to:?}", self.state);
+        if self.state.can_go(to) {
+            self.state = to;
+        }
+    }
+
+    /// QEMU's vm_stop: a running VM pauses its vCPUs, enters `to` and says
+    /// STOP; in any state every drive is then drained and flushed, so that
+    /// a stopped VM has nothing in flight and everything written is on
+    /// disk.
+    fn vm_stop(&mut self, to: RunState) {
+        if self.state.is_running() {
+            self.control.pause(&self.vcpus);
+            self.set_state(to);
+            self.event("STOP", None);
+        }
+        let backends: Vec<Arc<BlockBackend>> = self.drives.iter().map(|d| d.backend.clone()).collect();
+        BlockBackend::drain_all(&backends);
+        for b in backends.iter().filter(|b| b.is_inserted()) {
+            if let Err(e) = b.flush() {
+                eprintln!("vmm: drive '{}': flush on stop failed: {e}", b.name());
+            }
+        }
+    }
+
+    /// Sends the queued events to the QMP clients and applies what that
+    /// changed to the watched fds.
+    fn send_events(&mut self, ops: &mut EventOps) {
+        let events = std::mem::take(&mut self.events);
+        if let Some(q) = &mut self.qmp {
+            let ch = q.broadcast_events(&events);
+            self.apply(ch, ops);
+        }
+    }
+
+    fn apply(&mut self, ch: qmp::server::Changes, ops: &mut EventOps) {
+        for fd in &ch.added {
+            if ops.add(Events::new_raw(*fd, EventSet::IN)).is_err() {
+                eprintln!("vmm: qmp: cannot watch client fd {fd}");
+            }
+        }
+        for (fd, want) in &ch.want_write {
+            let set = if *want { EventSet::IN | EventSet::OUT } else { EventSet::IN };
+            let _ = ops.modify(Events::new_raw(*fd, set));
+        }
+        for fd in &ch.removed {
+            let _ = ops.remove(Events::empty_raw(*fd));
+        }
+        if let Some(q) = &mut self.qmp {
+            q.close(&ch.removed);
+        }
+    }
+
+    fn qmp_ready(&mut self, fd: RawFd, set: EventSet, ops: &mut EventOps) {
+        let Some(mut q) = self.qmp.take() else { return };
+        let ch = if fd == q.listener_fd() {
+            q.accept()
+        } else {
+            let mut ch = qmp::server::Changes::default();
+            if set.contains(EventSet::OUT) {
+                ch = q.writable(fd);
+            }
+            if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP) {
+                // Commands run here, with the machine (self) borrowed.
+                ch = q.readable(fd, self);
+            }
+            ch
+        };
+        self.qmp = Some(q);
+        self.apply(ch, ops);
+        // Events raised outside a command meanwhile (none today) go out too.
+        self.send_events(ops);
+    }
+
+    /// The last word to the QMP clients: SHUTDOWN with QEMU's cause.
+    fn announce_shutdown(&mut self) {
+        let Some(reason) = self.shutdown.reason() else { return };
+        self.set_state(RunState::Shutdown);
+        let (guest, cause) = reason.qmp_cause();
+        if let Some(q) = &mut self.qmp {
+            let _ = q.send_event("SHUTDOWN", Some(json!({"guest": guest, "reason": cause})));
         }
     }
 
@@ -164,6 +291,57 @@ impl Controller {
     }
 }
 
+impl qmp::Machine for Controller {
+    fn run_state(&self) -> RunState {
+        self.state
+    }
+
+    fn stop(&mut self) {
+        self.vm_stop(RunState::Paused);
+    }
+
+    /// QEMU's qmp_cont: every drive's iostatus is reset; a stopped VM
+    /// first has its drives retry what a stop policy held (in order), then
+    /// its vCPUs run.
+    fn cont(&mut self) -> std::result::Result<(), QmpError> {
+        if self.state.needs_reset() {
+            return Err(QmpError::generic("Resetting the Virtual Machine is required"));
+        }
+        for d in &self.drives {
+            d.backend.iostatus_reset();
+        }
+        if self.state.is_running() {
+            return Ok(());
+        }
+        for h in &self.virtio {
+            h.resume();
+        }
+        for c in &self.ide {
+            devices::bus::lock(c).resume();
+        }
+        self.control.resume();
+        self.set_state(RunState::Running);
+        self.event("RESUME", None);
+        Ok(())
+    }
+
+    fn system_reset(&mut self) {
+        self.shutdown.request(ExitReason::QmpReset);
+    }
+
+    fn quit(&mut self) {
+        self.shutdown.request(ExitReason::QmpQuit);
+    }
+
+    fn drives(&self) -> Vec<qmp::Drive> {
+        self.drives.clone()
+    }
+
+    fn take_events(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.events)
+    }
+}
+
 impl MutEventSubscriber for Controller {
     fn init(&mut self, ops: &mut EventOps) {
         let watched = [
@@ -177,6 +355,11 @@ impl MutEventSubscriber for Controller {
             if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
                 eprintln!("vmm: event loop: cannot watch fd {fd}: {e:?}");
                 self.shutdown.request(ExitReason::GuestCrash(format!("event loop setup failed: {e:?}")));
+            }
+        }
+        if let Some(fd) = self.qmp.as_ref().map(Server::listener_fd) {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                eprintln!("vmm: event loop: cannot watch the QMP socket: {e:?}");
             }
         }
         if let Some(fd) = self.stdin {
@@ -208,8 +391,11 @@ impl MutEventSubscriber for Controller {
             let _ = self.shutdown.evt.read();
         } else if fd == self.block_evt.as_raw_fd() {
             self.block_events();
+            self.send_events(ops);
         } else if Some(fd) == self.stdin {
             self.read_stdin(fd, ops);
+        } else if self.qmp.as_ref().is_some_and(|q| fd == q.listener_fd() || q.is_client(fd)) {
+            self.qmp_ready(fd, events.event_set(), ops);
         }
     }
 }
@@ -217,9 +403,9 @@ impl MutEventSubscriber for Controller {
 /// Boots the configured guest and runs it to the end.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     let serial_out = serial_output(&cfg.serial)?;
-    if let Some(p) = &cfg.qmp {
-        eprintln!("vmm: note: the control socket is not implemented yet; '{}' is not created", p.display());
-    }
+    // Bound first: a bad path is user input, refused before anything else
+    // starts; the socket is removed on every way out (Server's Drop).
+    let qmp_server = cfg.qmp.as_deref().map(Server::bind).transpose()?;
 
     let kvm = Kvm::new().map_err(Error::KvmOpen)?;
     check_kvm(&kvm)?;
@@ -337,6 +523,12 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
             block_rx,
             vcpus: threads,
             control: control.clone(),
+            state: if cfg.paused { RunState::Prelaunch } else { RunState::Running },
+            qmp: qmp_server,
+            drives: backends.iter().map(|b| qmp::Drive { backend: b.clone(), qdev: b.name().to_string() }).collect(),
+            virtio: disks.iter().map(|d| d.handle.clone()).collect(),
+            ide: ide.channels.iter().map(|(_, c, _)| c.clone()).collect(),
+            events: Vec::new(),
         }),
     };
     control.stop_and_join(threads);
@@ -387,6 +579,8 @@ fn event_loop(controller: Controller) -> (Result<()>, Vec<JoinHandle<()>>) {
         }
         Ok(())
     })();
-    let threads = std::mem::take(&mut devices::bus::lock(&controller).vcpus);
+    let mut c = devices::bus::lock(&controller);
+    c.announce_shutdown();
+    let threads = std::mem::take(&mut c.vcpus);
     (result, threads)
 }
