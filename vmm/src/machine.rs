@@ -402,6 +402,11 @@ impl MutEventSubscriber for Controller {
 
 /// Boots the configured guest and runs it to the end.
 pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
+    // Before anything can spawn a thread (each inherits the mask) and before
+    // the QMP socket exists (a client may signal us as soon as it can
+    // connect): a signal from now on is an orderly stop, read by the event
+    // loop.
+    let signals = block_exit_signals()?;
     let serial_out = serial_output(&cfg.serial)?;
     // Bound first: a bad path is user input, refused before anything else
     // starts; the socket is removed on every way out (Server's Drop).
@@ -489,9 +494,8 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
         vcpus.push(Vcpu { id, fd, pio: pio.clone(), mmio: mmio.clone(), control: control.clone(), shutdown: shutdown.clone() });
     }
 
-    // From here on: signals, terminal, threads. Every path below ends in
+    // From here on: terminal, threads. Every path below ends in
     // stop_and_join and drops the terminal guard.
-    let signals = block_exit_signals()?;
     vcpu::register_kick_handler().map_err(|e| Error::Io("sigaction", std::io::Error::from_raw_os_error(e.errno())))?;
     let interactive = cfg.serial == SerialOutput::Stdio && console::is_tty(0);
     let terminal = if interactive { RawTerminal::enable().ok() } else { None };

@@ -1,0 +1,61 @@
+//! QMP with the reference client: tests/qmp/test_qmp.py drives `vmm
+//! --paused` (no guest needs to run, so this runs on the host, nested or
+//! not) with the `qemu.qmp` package and with a raw socket.
+//!
+//! The client comes from `$VMM_PYTHON`, else the venv that
+//! resources/install-deps.sh makes (`~/.cache/rvmm/venv`), else `python3`;
+//! without `qemu.qmp` in any of them, or without /dev/kvm, the test says
+//! SKIPPED and why.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn python_with_qemu_qmp() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("VMM_PYTHON") {
+        candidates.push(p.into());
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    if let Some(c) = cache {
+        candidates.push(c.join("rvmm/venv/bin/python3"));
+    }
+    candidates.push("python3".into());
+    candidates.into_iter().find(|p| {
+        Command::new(p).args(["-c", "import qemu.qmp"]).output().is_ok_and(|o| o.status.success())
+    })
+}
+
+#[test]
+fn qmp_with_qemu_qmp_against_a_paused_vmm() {
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        eprintln!("SKIPPED: /dev/kvm cannot be opened here");
+        return;
+    }
+    let Some(python) = python_with_qemu_qmp() else {
+        eprintln!("SKIPPED: no Python with the qemu.qmp package (resources/install-deps.sh installs it)");
+        return;
+    };
+    let work = std::env::temp_dir().join(format!("vmm-qmp-test-{}", std::process::id()));
+    std::fs::create_dir_all(&work).expect("work dir");
+    let script = e2e::workspace_root().join("tests/qmp/test_qmp.py");
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(e2e::vmm_binary())
+        .arg(e2e::images().join("vmlinuz"))
+        .arg(&work)
+        .output()
+        .expect("running the QMP client tests");
+    let _ = std::fs::remove_dir_all(&work);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.lines().any(|l| l.starts_with("QMP-TESTS-PASSED ")),
+        "{} {}: {}\n--- stdout:\n{stdout}\n--- stderr:\n{stderr}",
+        python.display(),
+        script.display(),
+        out.status
+    );
+    eprint!("{stdout}");
+}
