@@ -235,6 +235,10 @@ impl Run {
     }
 
     fn write(&mut self, off: u64, width: usize, v: u64) {
+        // What the device sees: the low `width` bytes. The oracle below must
+        // judge that value, not the random u64 it came from (a 4-byte write
+        // of 0x1070500000000 is a reset).
+        let v = if width >= 8 { v } else { v & ((1u64 << (8 * width)) - 1) };
         self.log.push(Event::Write { off, width, value: v });
         self.t.write(off, &v.to_le_bytes()[..width]);
         if width != 4 || !off.is_multiple_of(4) || off >= u64::from(VIRTIO_MMIO_CONFIG) {
