@@ -349,12 +349,18 @@ impl BlockBackend {
     /// the device can be between its checks and its driver meanwhile.
     /// The node gets an automatic name ("#blockN"), as -drive's do in QEMU.
     pub fn insert_medium(&self, driver: Arc<dyn BlockDriver>, filename: &str) -> Result<(), crate::Error> {
+        self.insert_node(driver, filename, auto_node_name())
+    }
+
+    /// `insert_medium` with the node's own name (QMP blockdev-insert-medium
+    /// of a node made by blockdev-add).
+    pub fn insert_node(&self, driver: Arc<dyn BlockDriver>, filename: &str, node_name: String) -> Result<(), crate::Error> {
         self.drained(|| {
             let mut s = self.st();
             if s.medium.is_some() {
                 return Err(crate::Error::MediumPresent(self.name.clone()));
             }
-            s.medium = Some(Medium { driver, filename: filename.to_string(), node_name: auto_node_name() });
+            s.medium = Some(Medium { driver, filename: filename.to_string(), node_name });
             Ok(())
         })
     }
@@ -543,6 +549,23 @@ impl BlockBackend {
     /// no available medium → ENOMEDIUM, read-only → EACCES.
     /// It is a request like any other for drain: it waits while a section
     /// is open and a section waits for it.
+    /// QMP block_resize: the medium's new size, set inside a drained
+    /// section (as QEMU's qmp_block_resize) so that no request straddles
+    /// it; the device is told (`BlockDevOps::resize`).
+    pub fn resize(&self, size: u64) -> IoResult<()> {
+        self.drained(|| {
+            let drv = self.driver()?;
+            if self.st().read_only {
+                return Err(Errno::EACCES);
+            }
+            drv.truncate(size)?;
+            if let Some(d) = self.dev() {
+                d.resize();
+            }
+            Ok(())
+        })
+    }
+
     pub fn truncate(&self, size: u64) -> IoResult<()> {
         self.drain.enter_blocking();
         let _leave = Guard(|| self.drain.leave(1));

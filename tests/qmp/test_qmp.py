@@ -265,6 +265,197 @@ def query_block_with_a_disk_a_cd_and_an_empty_drive():
         check(v.wait() == 0, v.stderr())
 
 
+
+def make_file(name, size, fill=b"\0"):
+    path = os.path.join(WORK, name)
+    with open(path, "wb") as f:
+        f.write(fill * size)
+    return path
+
+
+class Media:
+    """One qemu.qmp client on a VMM with a filled CD (cd0) and an empty
+    one (cd1); `run` gives a command's reply and the tray events it
+    caused (they come before the reply, so they are queued by then)."""
+
+    def __init__(self, q):
+        self.q = q
+
+    async def run(self, cmd, **args):
+        self.q.events.clear()
+        try:
+            r = await self.q.execute(cmd, args)
+            err = None
+        except ExecuteError as e:
+            r, err = None, e.error.error.desc
+        evs = [(e["data"]["device"], e["data"]["tray-open"]) for e in self.q.events.clear()
+               if e["event"] == "DEVICE_TRAY_MOVED"]
+        return r, err, evs
+
+    async def ok(self, cmd, events, **args):
+        r, err, evs = await self.run(cmd, **args)
+        check(err is None, f"{cmd} {args}: {err}")
+        check(evs == events, f"{cmd} {args}: tray events {evs}, want {events}")
+
+    async def fails(self, cmd, message, **args):
+        r, err, evs = await self.run(cmd, **args)
+        check(err == message, f"{cmd} {args}: error {err!r}, want {message!r}")
+        check(evs == [], f"{cmd} {args}: a failed command moved the tray {evs}")
+
+    async def state(self, dev):
+        blocks = {b["device"]: b for b in await self.q.execute("query-block")}
+        b = blocks[dev]
+        return b["tray_open"], b.get("inserted", {}).get("file"), b.get("inserted", {}).get("ro")
+
+
+async def run_media(v, iso1, iso2):
+    q = QMPClient("media")
+    await q.connect(v.sock)
+    m = Media(q)
+    cd, empty = "ide1-cd0", "ide1-cd1"
+    check(await m.state(cd) == (False, iso1, True), await m.state(cd))
+    check(await m.state(empty) == (False, None, None), await m.state(empty))
+
+    # iotest 118: change, eject, open/close, in the orders it tries.
+    await m.ok("blockdev-change-medium", [(cd, True), (cd, False)], device=cd, filename=iso2, format="raw")
+    check(await m.state(cd) == (False, iso2, True), "after change")
+    await m.ok("eject", [(cd, True)], device=cd)
+    check(await m.state(cd) == (True, None, None), "after eject")
+    await m.ok("blockdev-close-tray", [(cd, False)], id=cd)
+    check(await m.state(cd) == (False, None, None), "closed empty")
+    await m.ok("blockdev-change-medium", [(cd, True), (cd, False)], id=cd, filename=iso1)
+    await m.ok("blockdev-open-tray", [(cd, True)], id=cd)
+    check(await m.state(cd) == (True, iso1, True), "open keeps the medium")
+    await m.ok("blockdev-close-tray", [(cd, False)], id=cd)
+    check(await m.state(cd) == (False, iso1, True), "closed again")
+    # Eject, then change: the tray is open already, so only it closing.
+    await m.ok("eject", [(cd, True)], device=cd)
+    await m.ok("blockdev-change-medium", [(cd, False)], device=cd, filename=iso2)
+    # Open, then change: the same.
+    await m.ok("blockdev-open-tray", [(cd, True)], id=cd)
+    await m.ok("blockdev-change-medium", [(cd, False)], device=cd, filename=iso1)
+    check(await m.state(cd) == (False, iso1, True), "open then change")
+    # Remove and insert cycles with a node of our own.
+    await m.ok("blockdev-add", [], driver="raw", **{"node-name": "new"}, file={"driver": "file", "filename": iso2}, **{"read-only": True})
+    await m.fails("blockdev-remove-medium", f"Tray of device '{cd}' is not open", id=cd)
+    await m.ok("blockdev-open-tray", [(cd, True)], id=cd)
+    await m.fails("blockdev-insert-medium", f"There already is a medium in device '{cd}'", id=cd, **{"node-name": "new"})
+    for _ in range(3):
+        await m.ok("blockdev-remove-medium", [], id=cd)
+        check(await m.state(cd) == (True, None, None), "removed")
+        await m.ok("blockdev-insert-medium", [], id=cd, **{"node-name": "new"})
+        check(await m.state(cd) == (True, iso2, True), "inserted")
+    await m.fails("blockdev-del", "Node new is in use", **{"node-name": "new"})
+    await m.ok("blockdev-close-tray", [(cd, False)], id=cd)
+    # Closing a closed tray: success, no event.
+    await m.ok("blockdev-close-tray", [], id=cd)
+    # Initially empty drive: removing nothing is a no-op; a change fills it.
+    await m.ok("blockdev-open-tray", [(empty, True)], id=empty)
+    await m.ok("blockdev-remove-medium", [], id=empty)
+    await m.ok("blockdev-remove-medium", [], id=empty)
+    await m.ok("blockdev-close-tray", [(empty, False)], id=empty)
+    await m.ok("blockdev-change-medium", [(empty, True), (empty, False)], device=empty, filename=iso1)
+    check(await m.state(empty) == (False, iso1, True), "empty drive filled")
+    await m.fails("blockdev-insert-medium", "Node 'nope' not found", id=empty, **{"node-name": "nope"})
+    await m.fails("blockdev-insert-medium", "Node 'new' is already in use", id=empty, **{"node-name": "new"})
+    # Errors QEMU gives, word for word.
+    await m.fails("eject", "Device 'nope' not found", device="nope")
+    await m.fails("eject", "Need exactly one of 'device' and 'id'")
+    await m.fails("eject", "Device 'virtio0' is not removable", device="virtio0")
+    await m.fails("blockdev-change-medium", f"Could not open '{WORK}/missing.iso': No such file or directory",
+                  device=cd, filename=f"{WORK}/missing.iso")
+    check(await m.state(cd) == (False, iso2, True), "a failed change keeps the old medium")
+    await m.fails("blockdev-add", "Duplicate nodes with node-name='new'", driver="null-co", **{"node-name": "new"})
+    await m.fails("blockdev-add", "'node-name' must be specified for the root node", driver="null-co")
+    await m.fails("blockdev-add", "Invalid node-name: '#block1'", driver="null-co", **{"node-name": "#block1"})
+    await m.fails("blockdev-del", "Failed to find node with node-name='nope'", **{"node-name": "nope"})
+    await m.ok("blockdev-add", [], driver="null-co", **{"node-name": "spare"}, size=4096)
+    await m.ok("blockdev-del", [], **{"node-name": "spare"})
+    await m.fails("blockdev-del", "Failed to find node with node-name='spare'", **{"node-name": "spare"})
+    await q.disconnect()
+
+
+@test
+def media_sequences_of_iotest_118_on_a_filled_and_an_empty_cd():
+    iso1 = make_file("one.iso", 1 << 20, b"1")
+    iso2 = make_file("two.iso", 2 << 20, b"2")
+    disk = make_file("vd.raw", 1 << 20)
+    extra = ["--drive", f"if=virtio,file={disk}", "--cdrom", iso1, "--drive", "if=ide,media=cdrom,index=3"]
+    with Vmm("media", extra) as v:
+        asyncio.run(run_media(v, iso1, iso2))
+
+
+def make_unwritable(path):
+    """A file even root cannot open for writing: immutable (chattr +i) when
+    we are root, mode 0444 otherwise. Returns an undo function."""
+    if os.geteuid() != 0:
+        os.chmod(path, 0o444)
+        return lambda: os.chmod(path, 0o644)
+    subprocess.run(["chattr", "+i", path], check=True)
+    return lambda: subprocess.run(["chattr", "-i", path], check=True)
+
+
+async def run_read_only_modes(v, iso1, ro_file, rw_file):
+    q = QMPClient("ro")
+    await q.connect(v.sock)
+    m = Media(q)
+    cd = "ide1-cd0"
+    await m.ok("blockdev-change-medium", [(cd, True), (cd, False)], device=cd, filename=rw_file,
+               **{"read-only-mode": "read-write"})
+    check(await m.state(cd) == (False, rw_file, False), "read-write")
+    await m.ok("blockdev-change-medium", [(cd, True), (cd, False)], device=cd, filename=rw_file,
+               **{"read-only-mode": "retain"})
+    check(await m.state(cd) == (False, rw_file, False), "retain keeps read-write")
+    await m.ok("blockdev-change-medium", [(cd, True), (cd, False)], device=cd, filename=ro_file,
+               **{"read-only-mode": "read-only"})
+    check(await m.state(cd) == (False, ro_file, True), "read-only")
+    # A file that cannot be written, asked read-write: refused before the
+    # tray moves, and the old medium stays.
+    r, err, evs = await m.run("blockdev-change-medium", device=cd, filename=ro_file, **{"read-only-mode": "read-write"})
+    check(err is not None and err.startswith(f"Could not open '{ro_file}': "), err)
+    check(evs == [], evs)
+    check(await m.state(cd) == (False, ro_file, True), "old medium kept")
+    await m.fails("blockdev-change-medium", "Parameter 'read-only-mode' does not accept value 'sometimes'",
+                  device=cd, filename=ro_file, **{"read-only-mode": "sometimes"})
+    await q.disconnect()
+
+
+@test
+def change_medium_read_only_modes():
+    iso1 = make_file("ro1.iso", 1 << 20, b"1")
+    rw_file = make_file("rw.iso", 1 << 20, b"w")
+    ro_file = make_file("ro.iso", 1 << 20, b"r")
+    undo = make_unwritable(ro_file)
+    try:
+        with Vmm("romode", ["--cdrom", iso1]) as v:
+            asyncio.run(run_read_only_modes(v, iso1, ro_file, rw_file))
+    finally:
+        undo()
+
+
+@test
+def resize_a_virtio_disk_and_a_node():
+    disk = make_file("grow.raw", 1 << 20)
+    extra = ["--drive", f"if=virtio,file={disk}"]
+    with Vmm("resize", extra) as v:
+        async def go():
+            q = QMPClient("resize")
+            await q.connect(v.sock)
+            m = Media(q)
+            await m.ok("block_resize", [], device="virtio0", size=4 << 20)
+            check(os.path.getsize(disk) == 4 << 20, os.path.getsize(disk))
+            b = [b for b in await q.execute("query-block") if b["device"] == "virtio0"][0]
+            check(b["inserted"]["image"]["virtual-size"] == 4 << 20, b)
+            node = [b for b in await q.execute("query-block") if b["device"] == "virtio0"][0]["inserted"]["node-name"]
+            await m.ok("block_resize", [], **{"node-name": node}, size=8 << 20)
+            check(os.path.getsize(disk) == 8 << 20, "by node-name")
+            await m.fails("block_resize", "Parameter 'size' expects a >0 size", device="virtio0", size=-1)
+            await m.fails("block_resize", "Device 'nope' not found", device="nope", size=1)
+            await m.fails("block_resize", "Need exactly one of 'device' and 'node-name'", size=1)
+            await q.disconnect()
+        asyncio.run(go())
+
+
 def main():
     for t in TESTS:
         print("test", t.__name__, flush=True)

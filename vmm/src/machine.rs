@@ -130,6 +130,7 @@ struct Controller {
     /// Events caused by the command being run, for the QMP server to send
     /// before its reply.
     events: Vec<Value>,
+    nodes: qmp::media::Nodes,
 }
 
 impl Controller {
@@ -337,7 +338,14 @@ impl qmp::Machine for Controller {
         self.drives.clone()
     }
 
+    fn nodes(&mut self) -> &mut qmp::media::Nodes {
+        &mut self.nodes
+    }
+
+    /// The block layer's events of the command just run (tray moves, I/O
+    /// errors) are collected first, so that they go out before the reply.
     fn take_events(&mut self) -> Vec<Value> {
+        self.block_events();
         std::mem::take(&mut self.events)
     }
 }
@@ -529,10 +537,18 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
             control: control.clone(),
             state: if cfg.paused { RunState::Prelaunch } else { RunState::Running },
             qmp: qmp_server,
-            drives: backends.iter().map(|b| qmp::Drive { backend: b.clone(), qdev: b.name().to_string() }).collect(),
+            drives: backends
+                .iter()
+                .map(|b| qmp::Drive {
+                    backend: b.clone(),
+                    qdev: b.name().to_string(),
+                    cache: cfg.drives.iter().find(|d| d.id == b.name()).map(|d| d.cache).unwrap_or_default(),
+                })
+                .collect(),
             virtio: disks.iter().map(|d| d.handle.clone()).collect(),
             ide: ide.channels.iter().map(|(_, c, _)| c.clone()).collect(),
             events: Vec::new(),
+            nodes: Default::default(),
         }),
     };
     control.stop_and_join(threads);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use block::{BlockBackend, IoStatus, Op};
 use serde_json::{json, Value};
 
+use super::media::{self, Nodes};
 use super::protocol::{self, parse_request, reply_err, reply_ok, Args, Input, QmpError};
 use crate::runstate::RunState;
 
@@ -25,6 +26,8 @@ pub trait Machine {
     fn system_reset(&mut self);
     fn quit(&mut self);
     fn drives(&self) -> Vec<Drive>;
+    /// The nodes `blockdev-add` made.
+    fn nodes(&mut self) -> &mut Nodes;
     fn take_events(&mut self) -> Vec<Value>;
 }
 
@@ -34,6 +37,8 @@ pub struct Drive {
     pub backend: Arc<BlockBackend>,
     /// The device's path in QEMU's terms (its `id` for us).
     pub qdev: String,
+    /// How media opened for this drive (blockdev-change-medium) are cached.
+    pub cache: block::CacheMode,
 }
 
 /// Every command we answer, for `query-commands`.
@@ -48,6 +53,15 @@ pub const COMMANDS: &[&str] = &[
     "quit",
     "query-block",
     "query-blockstats",
+    "eject",
+    "blockdev-open-tray",
+    "blockdev-close-tray",
+    "blockdev-remove-medium",
+    "blockdev-insert-medium",
+    "blockdev-change-medium",
+    "blockdev-add",
+    "blockdev-del",
+    "block_resize",
 ];
 
 /// One connection's state: before `qmp_capabilities` only that command is
@@ -139,6 +153,27 @@ fn execute(m: &mut dyn Machine, name: &str, a: Args<'_>) -> Result<Value, QmpErr
             a.opt_bool("query-nodes")?;
             Ok(m.drives().iter().map(|d| block_stats(&d.backend)).collect())
         }
+        "eject" => media::eject(&m.drives(), a).map(|_| ok),
+        "blockdev-open-tray" => media::open_tray_cmd(&m.drives(), a).map(|_| ok),
+        "blockdev-close-tray" => media::close_tray_cmd(&m.drives(), a).map(|_| ok),
+        "blockdev-remove-medium" => media::remove_medium_cmd(&m.drives(), a).map(|_| ok),
+        "blockdev-insert-medium" => {
+            let drives = m.drives();
+            media::insert_medium_cmd(&drives, m.nodes(), a).map(|_| ok)
+        }
+        "blockdev-change-medium" => media::change_medium(&m.drives(), a).map(|_| ok),
+        "blockdev-add" => {
+            let drives = m.drives();
+            media::blockdev_add(&drives, m.nodes(), a.0).map(|_| ok)
+        }
+        "blockdev-del" => {
+            let drives = m.drives();
+            media::blockdev_del(&drives, m.nodes(), a).map(|_| ok)
+        }
+        "block_resize" => {
+            let drives = m.drives();
+            media::block_resize(&drives, m.nodes(), a).map(|_| ok)
+        }
         _ => Err(QmpError::not_found(format!("The command {name} has not been found"))),
     }
 }
@@ -226,6 +261,7 @@ mod tests {
         state: Option<RunState>,
         calls: Vec<&'static str>,
         drives: Vec<Drive>,
+        nodes: Nodes,
     }
 
     impl Machine for Fake {
@@ -247,6 +283,9 @@ mod tests {
         }
         fn drives(&self) -> Vec<Drive> {
             self.drives.clone()
+        }
+        fn nodes(&mut self) -> &mut Nodes {
+            &mut self.nodes
         }
         fn take_events(&mut self) -> Vec<Value> {
             vec![]
@@ -300,7 +339,7 @@ mod tests {
     #[test]
     fn query_block_shows_a_drive_and_its_medium() {
         let b = Arc::new(BlockBackend::new("ide1-cd0"));
-        let d = Drive { backend: b.clone(), qdev: "ide1-cd0".into() };
+        let d = Drive { backend: b.clone(), qdev: "ide1-cd0".into(), cache: Default::default() };
         let empty = block_info(&d);
         assert_eq!(empty["device"], "ide1-cd0");
         assert!(empty.get("inserted").is_none());

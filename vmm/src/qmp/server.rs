@@ -331,7 +331,8 @@ mod tests {
         let _ = std::fs::remove_file(&f);
     }
 
-    struct Null;
+    #[derive(Default)]
+    struct Null(super::super::media::Nodes);
     impl Machine for Null {
         fn run_state(&self) -> crate::runstate::RunState {
             crate::runstate::RunState::Paused
@@ -344,6 +345,9 @@ mod tests {
         fn quit(&mut self) {}
         fn drives(&self) -> Vec<super::super::commands::Drive> {
             vec![]
+        }
+        fn nodes(&mut self) -> &mut super::super::media::Nodes {
+            &mut self.0
         }
         fn take_events(&mut self) -> Vec<Value> {
             vec![serde_json::json!({"event": "X"})]
@@ -370,19 +374,19 @@ mod tests {
         assert!(read_line(&mut a)["QMP"]["version"]["qemu"]["major"].is_number());
         read_line(&mut b);
         a.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").unwrap();
-        srv.readable(ch.added[0], &mut Null);
+        srv.readable(ch.added[0], &mut Null::default());
         // The command's event comes first, then the reply; only to
         // negotiated clients (b has not negotiated: it gets nothing).
         assert_eq!(read_line(&mut a)["event"], "X");
         assert_eq!(read_line(&mut a), serde_json::json!({"return": {}}));
         a.write_all(b"{\"execute\":\"query-status\",\"id\":3}\n").unwrap();
-        srv.readable(ch.added[0], &mut Null);
+        srv.readable(ch.added[0], &mut Null::default());
         assert_eq!(read_line(&mut a)["event"], "X");
         assert_eq!(read_line(&mut a)["return"]["status"], "paused");
         b.set_nonblocking(true).unwrap();
         assert!(b.read(&mut [0u8; 1]).is_err(), "b got output before negotiating");
         drop(b);
-        let ch2 = srv.readable(ch.added[1], &mut Null);
+        let ch2 = srv.readable(ch.added[1], &mut Null::default());
         assert_eq!(ch2.removed, vec![ch.added[1]]);
         assert!(srv.is_client(ch.added[1]), "kept open until the caller stops watching it");
         srv.close(&ch2.removed);
