@@ -64,8 +64,9 @@ fi
 # eject (util-linux) and sg3-utils for the CD-ROM tests, with the libraries
 # ldd names (those of the packages themselves, the rest from this Debian 12
 # host, which has the same versions as the guest's distribution).
-tools="eject sg_inq sg_readcap sg_start sg_prevent sg_turs"
-if [ ! -d "$out/tools" ]; then
+tools="eject sg_inq sg_readcap sg_start sg_prevent sg_turs sg_raw"
+# Rebuilt when the list changes (the list is kept beside the tools).
+if [ "$(cat "$out/tools/.list" 2>/dev/null)" != "$tools" ]; then
     rm -rf "$work/root"
     fetch eject
     fetch sg3-utils
@@ -79,6 +80,7 @@ if [ ! -d "$out/tools" ]; then
             done
     done
     cp -L /lib64/ld-linux-x86-64.so.2 "$out/tools.tmp/lib64/"
+    echo "$tools" > "$out/tools.tmp/.list"
     rm -rf "$out/tools" && mv "$out/tools.tmp" "$out/tools"
 fi
 
@@ -105,6 +107,12 @@ mkdir -p "$work/iso"
 echo "hello from the CD-ROM" > "$work/iso/hello.txt"
 head -c 1048576 /dev/zero | tr '\0' 'C' > "$work/iso/pattern.bin"
 xorriso -as mkisofs -quiet -V VMMTEST -o "$out/cd.iso" "$work/iso" 2>/dev/null
+# A second CD for media changes: another file, another pattern, and the
+# same size as the first, so that a sector read names its medium.
+mkdir -p "$work/iso2"
+echo "second disc" > "$work/iso2/two.txt"
+head -c 1048576 /dev/zero | tr '\0' 'D' > "$work/iso2/pattern.bin"
+xorriso -as mkisofs -quiet -V VMMTEST2 -o "$out/cd2.iso" "$work/iso2" 2>/dev/null
 
 # --- the L1 base initramfs (nested KVM for tests on hosts without hardware KVM) --
 l=$work/l1
@@ -112,8 +120,8 @@ mkdir -p "$l/bin" "$l/sbin" "$l/proc" "$l/sys" "$l/dev" "$l/tmp" "$l/run" "$l/li
 cp "$out/busybox" "$l/bin/busybox"
 cp "$here/l1-init.sh" "$l/init" && chmod 755 "$l/init"
 for m in irqbypass kvm kvm-amd; do cp "$out/modules/$m.ko" "$l/lib/modules/"; done
-cp "$out/vmlinuz" "$out/initramfs.cpio.gz" "$out/cd.iso" "$l/images/"
+cp "$out/vmlinuz" "$out/initramfs.cpio.gz" "$out/cd.iso" "$out/cd2.iso" "$l/images/"
 # Uncompressed: under TCG, gunzip in L1 costs more than reading the bytes.
 mkcpio "$l" "$out/l1-base.cpio"
 
-echo "make-images: done: $(cd "$out" && ls vmlinuz initramfs.cpio.gz l1-base.cpio disk.raw cd.iso | tr '\n' ' ')"
+echo "make-images: done: $(cd "$out" && ls vmlinuz initramfs.cpio.gz l1-base.cpio disk.raw cd.iso cd2.iso | tr '\n' ' ')"

@@ -499,3 +499,41 @@ pub fn vmm_command(extra_args: &str, guest_run: &str) -> String {
          --cmdline 'console=ttyS0 panic=-1 quiet run=\"{guest_run}\"' </dev/null"
     )
 }
+
+/// A scenario whose VMM a host-side QMP client drives (tests/qmp/guest_qmp.py).
+/// The script starts the VMM with `--qmp $QMP` in the background and then
+/// calls `qmp_bridge`; the client connects to `qmp_path`:
+/// - nested, `$QMP` is inside L1 and `qmp_bridge` joins it to L1's second
+///   UART, which QEMU offers on the host as the unix socket `qmp_path`;
+/// - directly, `$QMP` is `qmp_path` itself and `qmp_bridge` does nothing.
+pub struct QmpScenario {
+    /// Prints the console (the guest's, through L1 when nested) on stdout.
+    pub command: Command,
+    pub qmp_path: PathBuf,
+    /// Remove when done.
+    pub work: PathBuf,
+}
+
+/// Builds a `QmpScenario` running `script`; `bridge` is the qmp-bridge
+/// binary (`env!("CARGO_BIN_EXE_qmp-bridge")` in a test).
+pub fn qmp_scenario(script: &str, bridge: &Path) -> QmpScenario {
+    let body = |qmp: &str, bridge_fn: &str| format!("QMP={qmp}\nqmp_bridge() {{\n{bridge_fn}\n}}\n{script}\necho {DONE_MARKER}\n");
+    if hardware_kvm() {
+        let work = tempdir("qmp-direct");
+        let qmp_path = work.join("qmp.sock");
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(body(&qmp_path.to_string_lossy(), ":"))
+            .env("VMM", vmm_binary())
+            .env("IMAGES", images())
+            .env("WORK", &work);
+        QmpScenario { command, qmp_path, work }
+    } else {
+        let bridge_fn = format!("{} /dev/ttyS1 \"$1\" 2>&1 | sed 's/^/L1: /' &", bridge.display());
+        let (mut command, work) = l1_command_with(&body("$WORK/qmp.sock", &bridge_fn), &[bridge], &[]);
+        let qmp_path = work.join("qmp-bridge.sock");
+        command.arg("-serial").arg(format!("unix:{},server=on,wait=off", qmp_path.display()));
+        QmpScenario { command, qmp_path, work }
+    }
+}

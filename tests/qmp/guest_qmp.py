@@ -1,0 +1,227 @@
+"""QMP on a running guest, from the host, with qemu.qmp: the test drives the
+VMM as a user would while reading the guest's console for its markers.
+
+Run by tests/tests/qmp_guest.rs:  python3 guest_qmp.py SPEC.json
+SPEC: {"argv": [...], "env": {...}, "qmp": PATH, "images": DIR,
+       "stop_iso": PATH, "done": MARKER, "timeout": S}
+`argv` prints the console on stdout (L1's, with the guest's inside, when
+nested); `qmp` is the VMM's QMP socket as the host sees it (a bridge to
+L1's second UART when nested); `images` is where the VMM sees the images.
+
+Every console line is echoed as "CONSOLE: ..." for the Rust side, which
+checks the guest's own exit statuses; this side checks what the host sees
+(replies, errors, events) and raises on the first difference. The last
+line is QMP-GUEST-PASSED.
+"""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from qemu.qmp import QMPClient, ExecuteError
+
+SPEC = json.load(open(sys.argv[1]))
+DEADLINE = time.monotonic() + SPEC["timeout"]
+
+
+def check(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+class Console:
+    """The console lines, read on a thread; waits are bounded."""
+
+    def __init__(self, argv, env):
+        self.proc = subprocess.Popen(argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.lines = []
+        self.cv = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            print("CONSOLE:", line, flush=True)
+            with self.cv:
+                self.lines.append(line)
+                self.cv.notify_all()
+        with self.cv:
+            self.lines.append(None)
+            self.cv.notify_all()
+
+    def count(self, needle):
+        with self.cv:
+            return sum(1 for l in self.lines if l is not None and needle in l)
+
+    def wait(self, needle, after=0, timeout=300):
+        """The first line at index >= after containing needle; its index."""
+        end = min(time.monotonic() + timeout, DEADLINE)
+        with self.cv:
+            i = after
+            while True:
+                while i < len(self.lines):
+                    l = self.lines[i]
+                    if l is None:
+                        raise AssertionError(f"console ended before {needle!r}")
+                    if needle in l:
+                        return i, l
+                    i += 1
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no {needle!r} on the console within {timeout} s")
+                self.cv.wait(left)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+async def wait_console(con, needle, after=0, timeout=300):
+    return await asyncio.get_running_loop().run_in_executor(None, con.wait, needle, after, timeout)
+
+
+async def connect(path):
+    """Connects once the socket exists; the greeting comes when the VMM
+    has started (after L1 booted, when nested)."""
+    q = QMPClient("host")
+    while True:
+        check(time.monotonic() < DEADLINE, f"no QMP socket at {path}")
+        if os.path.exists(path):
+            try:
+                await asyncio.wait_for(q.connect(path), 300)
+                return q
+            except (OSError, asyncio.TimeoutError, ConnectionError):
+                pass
+        await asyncio.sleep(0.1)
+
+
+async def run(q, cmd, **args):
+    """(reply, error text, events) of one command; the events a command
+    causes arrive before its reply, so they are all queued by then."""
+    q.events.clear()
+    try:
+        r, err = await q.execute(cmd, args), None
+    except ExecuteError as e:
+        r, err = None, e.error.error.desc
+    return r, err, q.events.clear()
+
+
+def trays(events):
+    return [(e["data"]["device"], e["data"]["tray-open"]) for e in events if e["event"] == "DEVICE_TRAY_MOVED"]
+
+
+async def status(q):
+    return (await q.execute("query-status"))["status"]
+
+
+async def scenario(con, q, images):
+    cd = "ide1-cd0"
+    one, two = f"{images}/cd.iso", f"{images}/cd2.iso"
+
+    # 1. A medium change while the guest runs: it read CD one; it finds
+    #    CD two once the host has changed it.
+    await wait_console(con, "G-WAIT-CHANGE")
+    r, err, evs = await run(q, "blockdev-change-medium", device=cd, filename=two, format="raw")
+    check(err is None, err)
+    check(trays(evs) == [(cd, True), (cd, False)], evs)
+    await wait_console(con, "TWO=")
+
+    # 2. The guest locks the door: eject without force fails with QEMU's
+    #    message and the guest is asked (it sees the eject request); with
+    #    force the tray opens and the guest finds no medium.
+    await wait_console(con, "G-LOCKED")
+    r, err, evs = await run(q, "eject", device=cd)
+    check(err == f"Device '{cd}' is locked and force was not specified, wait for tray to open and try again", err)
+    check(trays(evs) == [], evs)
+    await wait_console(con, "GESN-EVENT=")
+    r, err, evs = await run(q, "eject", device=cd, force=True)
+    check(err is None, err)
+    check(trays(evs) == [(cd, True)], evs)
+    blk = {b["device"]: b for b in await q.execute("query-block")}[cd]
+    check(blk["tray_open"] is True and "inserted" not in blk and blk["locked"] is False, blk)
+    await wait_console(con, "G-NOMEDIUM-DONE")
+
+    # 3. stop/cont: the guest's clock-driven ticks stall, then go on.
+    i, _ = await wait_console(con, "TICK=3")
+    r, err, evs = await run(q, "stop")
+    check(err is None and [e["event"] for e in evs] == ["STOP"], (err, evs))
+    check(await status(q) == "paused", "query-status after stop")
+    await asyncio.sleep(1)  # what was in flight on the console drains
+    before = con.count("TICK=")
+    await asyncio.sleep(3)
+    check(con.count("TICK=") == before, "the guest ran while stopped")
+    r, err, evs = await run(q, "cont")
+    check(err is None and [e["event"] for e in evs] == ["RESUME"], (err, evs))
+    check(await status(q) == "running", "query-status after cont")
+    await wait_console(con, "TICK=", after=len(con.lines) - 1, timeout=60)
+
+    # 4. block_resize on the virtio disk: the guest sees the new size.
+    await wait_console(con, "G-RESIZE-WAIT")
+    r, err, evs = await run(q, "block_resize", device="virtio0", size=32 << 20)
+    check(err is None, err)
+    await wait_console(con, "VDA-SECTORS=")
+
+    # 5. A hundred media changes while the guest reads the CD in a loop.
+    r, err, evs = await run(q, "blockdev-change-medium", device=cd, filename=one)
+    check(err is None, err)
+    await wait_console(con, "G-CHANGES-START")
+    failed = []
+    for n in range(100):
+        mark = len(con.lines)
+        r, err, evs = await run(q, "blockdev-change-medium", device=cd, filename=two if n % 2 == 0 else one)
+        if err is not None:
+            failed.append(err)
+        elif trays(evs) != [(cd, True), (cd, False)]:
+            failed.append(f"events {evs}")
+        if n % 5 == 4:
+            # Interleave: a good read of the guest after this change.
+            await wait_console(con, "READ-OK=", after=mark, timeout=120)
+    check(failed == [], f"{len(failed)} changes failed: {failed[:3]}")
+    # The last medium reads as zeros: the guest's signal to stop reading.
+    r, err, evs = await run(q, "blockdev-change-medium", device=cd, filename=SPEC["stop_iso"])
+    check(err is None, err)
+    await wait_console(con, "CHANGE-READS=")
+
+    # 6. werror=stop on a real ENOSPC: BLOCK_IO_ERROR then STOP, io-error;
+    #    L1 frees space; cont retries the held write and the guest goes on.
+    q.events.clear()
+    ev = await asyncio.wait_for(q.events.get(), 300)
+    check(ev["event"] == "BLOCK_IO_ERROR", ev)
+    check(ev["data"]["device"] == "virtio1" and ev["data"]["action"] == "stop" and ev["data"]["nospace"] is True, ev)
+    ev = await asyncio.wait_for(q.events.get(), 60)
+    check(ev["event"] == "STOP", ev)
+    check(await status(q) == "io-error", "query-status after the error")
+    blk = {b["device"]: b for b in await q.execute("query-block")}["virtio1"]
+    check(blk["io-status"] == "nospace", blk)
+    await wait_console(con, "L1-SPACE-FREED")
+    r, err, evs = await run(q, "cont")
+    check(err is None, err)
+    check("RESUME" in [e["event"] for e in evs], evs)
+    blk = {b["device"]: b for b in await q.execute("query-block")}["virtio1"]
+    check(blk["io-status"] == "ok", blk)
+    await wait_console(con, "GUEST-END=")
+
+
+async def main():
+    con = Console(SPEC["argv"], SPEC["env"])
+    try:
+        q = await connect(SPEC["qmp"])
+        await scenario(con, q, SPEC["images"])
+        try:
+            await q.disconnect()
+        except EOFError:
+            pass
+        await wait_console(con, SPEC["done"])
+    finally:
+        con.stop()
+    print("QMP-GUEST-PASSED", flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
