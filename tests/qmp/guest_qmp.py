@@ -23,6 +23,7 @@ import threading
 import time
 
 from qemu.qmp import QMPClient, ExecuteError
+from qemu.qmp.protocol import ConnectError
 
 SPEC = json.load(open(sys.argv[1]))
 DEADLINE = time.monotonic() + SPEC["timeout"]
@@ -89,14 +90,14 @@ async def wait_console(con, needle, after=0, timeout=300):
 async def connect(path):
     """Connects once the socket exists; the greeting comes when the VMM
     has started (after L1 booted, when nested)."""
-    q = QMPClient("host")
     while True:
         check(time.monotonic() < DEADLINE, f"no QMP socket at {path}")
         if os.path.exists(path):
+            q = QMPClient("host")
             try:
                 await asyncio.wait_for(q.connect(path), 300)
                 return q
-            except (OSError, asyncio.TimeoutError, ConnectionError):
+            except (OSError, asyncio.TimeoutError, ConnectError):
                 pass
         await asyncio.sleep(0.1)
 

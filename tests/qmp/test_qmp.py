@@ -316,6 +316,23 @@ async def run_media(v, iso1, iso2):
     check(await m.state(cd) == (False, iso1, True), await m.state(cd))
     check(await m.state(empty) == (False, None, None), await m.state(empty))
 
+    # iotest 118 on the initially empty drive: eject, open/close, close on
+    # closed, remove on closed, remove on empty, insert/remove cycles.
+    await m.ok("eject", [(empty, True)], device=empty)
+    check(await m.state(empty) == (True, None, None), "eject on empty")
+    await m.ok("blockdev-close-tray", [(empty, False)], id=empty)
+    await m.ok("blockdev-close-tray", [], id=empty)
+    await m.fails("blockdev-remove-medium", f"Tray of device '{empty}' is not open", id=empty)
+    await m.ok("blockdev-open-tray", [(empty, True)], id=empty)
+    await m.ok("blockdev-remove-medium", [], id=empty)
+    await m.ok("blockdev-add", [], driver="file", filename=iso1, **{"node-name": "e1"}, **{"read-only": True})
+    for _ in range(2):
+        await m.ok("blockdev-insert-medium", [], id=empty, **{"node-name": "e1"})
+        check(await m.state(empty) == (True, iso1, True), "inserted into the empty drive")
+        await m.ok("blockdev-remove-medium", [], id=empty)
+    await m.ok("blockdev-close-tray", [(empty, False)], id=empty)
+    check(await m.state(empty) == (False, None, None), "empty and closed again")
+
     # iotest 118: change, eject, open/close, in the orders it tries.
     await m.ok("blockdev-change-medium", [(cd, True), (cd, False)], device=cd, filename=iso2, format="raw")
     check(await m.state(cd) == (False, iso2, True), "after change")

@@ -33,6 +33,9 @@ use crate::qmp::{self, QmpError, Server};
 use crate::runstate::RunState;
 use crate::{acpi, boot, disks, ide, Error, Result};
 
+/// How long `stop` waits for the vCPUs to acknowledge a pause.
+const PAUSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |e| Error::Kvm(what, e)
 }
@@ -189,7 +192,13 @@ impl Controller {
     /// disk.
     fn vm_stop(&mut self, to: RunState) {
         if self.state.is_running() {
-            self.control.pause(&self.vcpus);
+            let stuck = self.control.pause(&self.vcpus, PAUSE_LIMIT);
+            if stuck > 0 {
+                eprintln!(
+                    "vmm: {stuck} vCPU(s) did not stop within {} s; they stop when they next leave the guest",
+                    PAUSE_LIMIT.as_secs()
+                );
+            }
             self.set_state(to);
             self.event("STOP", None);
         }

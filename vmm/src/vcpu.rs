@@ -66,12 +66,14 @@ impl VcpuControl {
     }
 
     /// Waits while paused. Returns false when the vCPU must exit.
-    fn checkpoint(&self) -> bool {
+    /// `on_park` runs once as the vCPU stops, before it is counted parked.
+    fn checkpoint(&self, on_park: impl FnOnce()) -> bool {
         if !self.attention.load(Ordering::SeqCst) {
             return true;
         }
         let mut g = self.lock();
         if g.paused && !g.stopping {
+            on_park();
             g.parked += 1;
             self.cv.notify_all();
             while g.paused && !g.stopping {
@@ -86,17 +88,21 @@ impl VcpuControl {
         self.lock().paused
     }
 
-    /// Stops every vCPU at its next checkpoint and waits until all `n` are
-    /// parked, kicking those still in the guest.
-    pub fn pause(&self, threads: &[JoinHandle<()>]) {
+    /// Stops every vCPU at its next checkpoint and waits until all are
+    /// parked, kicking those still in the guest. Bounded: after `limit`
+    /// it returns the number of vCPUs that have not stopped (they will
+    /// park when they next leave KVM_RUN, and run no guest code until a
+    /// resume), for the caller to report rather than hang the VMM.
+    pub fn pause(&self, threads: &[JoinHandle<()>], limit: Duration) -> usize {
         {
             let mut g = self.lock();
             g.paused = true;
             self.attention.store(true, Ordering::SeqCst);
             if g.parked == threads.len() {
-                return;
+                return 0;
             }
         }
+        let deadline = std::time::Instant::now() + limit;
         loop {
             for t in threads.iter().filter(|t| !t.is_finished()) {
                 let _ = t.kill(kick_signal());
@@ -105,7 +111,10 @@ impl VcpuControl {
             let live = threads.iter().filter(|t| !t.is_finished()).count();
             let (g, _) = self.cv.wait_timeout(g, Duration::from_millis(5)).unwrap_or_else(|e| e.into_inner());
             if g.parked >= live || g.stopping {
-                return;
+                return 0;
+            }
+            if std::time::Instant::now() >= deadline {
+                return live - g.parked;
             }
         }
     }
@@ -173,7 +182,12 @@ impl Vcpu {
         // one port access is read from it, since `VcpuExit::IoIn/IoOut` only
         // give the whole string.
         let kvm_run: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
-        while self.control.checkpoint() {
+        // A vCPU stopping for a pause tells KVM (KVM_KVMCLOCK_CTRL), so that
+        // the guest's soft-lockup and RCU-stall watchdogs do not count the
+        // pause as a hang. EINVAL (the guest has no kvmclock) is fine.
+        while self.control.checkpoint(|| {
+            let _ = self.fd.kvmclock_ctrl();
+        }) {
             match self.fd.run() {
                 Ok(exit) => match exit {
                     VcpuExit::IoIn(port, data) => {
