@@ -635,6 +635,28 @@ impl BlockBackend {
         self.drain.wait_idle();
     }
 
+    /// `drain_all`, waiting at most `limit` in all: returns the drives
+    /// that still had requests in flight then (name, count), for a caller
+    /// that must report a stuck host device rather than hang on it (QMP
+    /// `stop`). Their requests complete later; new ones were held back
+    /// during the section as usual.
+    pub fn drain_all_for(backends: &[Arc<BlockBackend>], limit: std::time::Duration) -> Vec<(String, usize)> {
+        let deadline = std::time::Instant::now() + limit;
+        for b in backends {
+            b.quiesce_begin();
+        }
+        let mut busy = Vec::new();
+        for b in backends {
+            if !b.drain.wait_idle_until(deadline) {
+                busy.push((b.name.clone(), b.in_flight()));
+            }
+        }
+        for b in backends {
+            b.drained_end();
+        }
+        busy
+    }
+
     /// Drains every drive at once: all devices stop first, so none can
     /// start a request on another drive while the others are waited for.
     pub fn drain_all(backends: &[Arc<BlockBackend>]) {

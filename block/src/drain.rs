@@ -174,4 +174,14 @@ impl Drain {
             g = self.idle.wait(g).unwrap_or_else(|e| e.into_inner());
         }
     }
+
+    /// `wait_idle` until `deadline`; false if requests are still in flight.
+    pub fn wait_idle_until(&self, deadline: std::time::Instant) -> bool {
+        let mut g = self.lock();
+        while self.in_flight.load(SeqCst) > 0 {
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else { return false };
+            g = self.idle.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
 }

@@ -276,3 +276,23 @@ fn with_deferred_ack_a_completion_counts_until_the_owner_acts_on_it() {
     q.ack();
     assert_eq!(b.in_flight(), 0);
 }
+
+#[test]
+fn a_bounded_drain_names_the_drive_still_busy_and_ends_its_section() {
+    let b = Arc::new(BlockBackend::new("stuck"));
+    b.insert_medium(Arc::new(NullDriver::new(1 << 20)), "n").unwrap();
+    let idle = Arc::new(BlockBackend::new("idle"));
+    let mut q = IoQueue::new(b.clone(), AioEngine::IoUring).unwrap();
+    q.set_deferred_ack(true);
+    unsafe { q.submit(Request::flush(1)) };
+    let mut out = Vec::new();
+    assert_eq!(q.poll(&mut out), 1);
+    // The completion is never acknowledged: the drive stays busy.
+    let t = Instant::now();
+    let busy = BlockBackend::drain_all_for(&[b.clone(), idle.clone()], Duration::from_millis(100));
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    assert_eq!(busy, vec![("stuck".to_string(), 1)]);
+    assert!(!b.is_drained() && !idle.is_drained(), "the sections ended");
+    q.ack();
+    assert!(BlockBackend::drain_all_for(&[b, idle], Duration::from_millis(100)).is_empty());
+}

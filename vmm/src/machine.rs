@@ -35,6 +35,8 @@ use crate::{acpi, boot, disks, ide, Error, Result};
 
 /// How long `stop` waits for the vCPUs to acknowledge a pause.
 const PAUSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long `stop` waits for the drives' requests in flight.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |e| Error::Kvm(what, e)
@@ -203,7 +205,12 @@ impl Controller {
             self.event("STOP", None);
         }
         let backends: Vec<Arc<BlockBackend>> = self.drives.iter().map(|d| d.backend.clone()).collect();
-        BlockBackend::drain_all(&backends);
+        for (drive, n) in BlockBackend::drain_all_for(&backends, DRAIN_LIMIT) {
+            eprintln!(
+                "vmm: drive '{drive}': {n} request(s) still in flight after {} s; stopped without waiting for them",
+                DRAIN_LIMIT.as_secs()
+            );
+        }
         for b in backends.iter().filter(|b| b.is_inserted()) {
             if let Err(e) = b.flush() {
                 eprintln!("vmm: drive '{}': flush on stop failed: {e}", b.name());
