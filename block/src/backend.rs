@@ -549,6 +549,16 @@ impl BlockBackend {
     /// no available medium → ENOMEDIUM, read-only → EACCES.
     /// It is a request like any other for drain: it waits while a section
     /// is open and a section waits for it.
+    /// Flushes the medium's driver directly, outside the device's request
+    /// accounting, tray or not (QEMU's bdrv_flush_all at vm_stop flushes
+    /// the nodes, not device requests); nothing without a medium.
+    pub fn flush_medium(&self) -> IoResult<()> {
+        match self.driver() {
+            Ok(d) => d.flush(),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// QMP block_resize: the medium's new size, set inside a drained
     /// section (as QEMU's qmp_block_resize) so that no request straddles
     /// it; the device is told (`BlockDevOps::resize`).

@@ -461,3 +461,29 @@ fn drained_section_takes_no_new_requests() {
     d.wait_used(1);
     assert_eq!(d.status(r), S_OK);
 }
+
+#[test]
+fn a_stopped_vm_takes_nothing_from_the_ring_until_it_resumes() {
+    let disk = TestDisk::new(DISK as usize, true);
+    let b = Arc::new(BlockBackend::new("vmstop"));
+    b.insert_medium(disk.clone(), "test").unwrap();
+    let mut d = Driver::new(b.clone(), AioEngine::IoUring, None);
+    d.init(0);
+    d.handle.vm_stop();
+    let a = pattern(3, 4096);
+    let w = d.request(VIRTIO_BLK_T_OUT, 8, &a, 0);
+    d.notify();
+    // Stopped: the kick is ignored and the image stays as it was, however
+    // long we look (a drain now finds nothing in flight).
+    let until = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < until {
+        assert!(disk.log().is_empty(), "a stopped VM's request reached the disk");
+        std::thread::yield_now();
+    }
+    b.drain();
+    assert!(disk.log().is_empty());
+    d.handle.resume();
+    d.wait_used(1);
+    assert_eq!(d.status(w), S_OK);
+    assert_eq!(&disk.data()[4096..8192], &a[..]);
+}

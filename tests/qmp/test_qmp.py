@@ -147,6 +147,13 @@ def negotiation_and_protocol_errors():
         d.s.close()
         check(c.cmd("query-status")["return"]["status"] == "prelaunch", "after a client left")
         check(v.proc.poll() is None, "the VMM died")
+        # On the wire, a command's events come before its reply.
+        c.send({"execute": "cont", "id": "c1"})
+        first, second = c.recv(), c.recv()
+        check(first.get("event") == "RESUME" and second == {"return": {}, "id": "c1"}, (first, second))
+        c.send({"execute": "stop", "id": "s1"})
+        first, second = c.recv(), c.recv()
+        check(first.get("event") == "STOP" and second == {"return": {}, "id": "s1"}, (first, second))
 
 
 @test
@@ -385,6 +392,8 @@ async def run_media(v, iso1, iso2):
     await m.fails("blockdev-add", "Duplicate nodes with node-name='new'", driver="null-co", **{"node-name": "new"})
     await m.fails("blockdev-add", "'node-name' must be specified for the root node", driver="null-co")
     await m.fails("blockdev-add", "Invalid node-name: '#block1'", driver="null-co", **{"node-name": "#block1"})
+    await m.fails("blockdev-add", f"node-name={cd} is conflicting with a device id", driver="null-co", **{"node-name": cd})
+    await m.fails("blockdev-add", "Node name too long", driver="null-co", **{"node-name": "n" * 32})
     await m.fails("blockdev-del", "Failed to find node with node-name='nope'", **{"node-name": "nope"})
     await m.ok("blockdev-add", [], driver="null-co", **{"node-name": "spare"}, size=4096)
     await m.ok("blockdev-del", [], **{"node-name": "spare"})
@@ -467,8 +476,10 @@ def resize_a_virtio_disk_and_a_node():
             await m.ok("block_resize", [], **{"node-name": node}, size=8 << 20)
             check(os.path.getsize(disk) == 8 << 20, "by node-name")
             await m.fails("block_resize", "Parameter 'size' expects a >0 size", device="virtio0", size=-1)
-            await m.fails("block_resize", "Device 'nope' not found", device="nope", size=1)
-            await m.fails("block_resize", "Need exactly one of 'device' and 'node-name'", size=1)
+            await m.fails("block_resize", "Cannot find device='nope' nor node-name=''", device="nope", size=1)
+            await m.fails("block_resize", "Cannot find device='nope' nor node-name=''", device="nope", size=-1)
+            await m.fails("block_resize", "Cannot find device='' nor node-name=''", size=1)
+            await m.fails("block_resize", "Parameter 'size' is missing", device="virtio0")
             await q.disconnect()
         asyncio.run(go())
 

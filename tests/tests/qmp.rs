@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 fn python_with_qemu_qmp() -> Option<PathBuf> {
     let mut candidates: Vec<PathBuf> = Vec::new();
@@ -23,30 +24,39 @@ fn python_with_qemu_qmp() -> Option<PathBuf> {
     }
     candidates.push("python3".into());
     candidates.into_iter().find(|p| {
-        Command::new(p).args(["-c", "import qemu.qmp"]).output().is_ok_and(|o| o.status.success())
+        Command::new(p)
+            .args(["-c", "import qemu.qmp"])
+            .output()
+            .is_ok_and(|o| o.status.success())
     })
 }
 
 #[test]
 fn qmp_with_qemu_qmp_against_a_paused_vmm() {
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         eprintln!("SKIPPED: /dev/kvm cannot be opened here");
         return;
     }
     let Some(python) = python_with_qemu_qmp() else {
-        eprintln!("SKIPPED: no Python with the qemu.qmp package (resources/install-deps.sh installs it)");
+        eprintln!(
+            "SKIPPED: no Python with the qemu.qmp package (resources/install-deps.sh installs it)"
+        );
         return;
     };
     let work = std::env::temp_dir().join(format!("vmm-qmp-test-{}", std::process::id()));
     std::fs::create_dir_all(&work).expect("work dir");
     let script = e2e::workspace_root().join("tests/qmp/test_qmp.py");
-    let out = Command::new(&python)
-        .arg(&script)
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script)
         .arg(e2e::vmm_binary())
         .arg(e2e::images().join("vmlinuz"))
-        .arg(&work)
-        .output()
-        .expect("running the QMP client tests");
+        .arg(&work);
+    let out = e2e::output_within(&mut cmd, Duration::from_secs(300));
     let _ = std::fs::remove_dir_all(&work);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);

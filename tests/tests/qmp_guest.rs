@@ -41,14 +41,21 @@ fn python_with_qemu_qmp() -> Option<PathBuf> {
         candidates.push(c.join("rvmm/venv/bin/python3"));
     }
     candidates.push("python3".into());
-    candidates
-        .into_iter()
-        .find(|p| Command::new(p).args(["-c", "import qemu.qmp"]).output().is_ok_and(|o| o.status.success()))
+    candidates.into_iter().find(|p| {
+        Command::new(p)
+            .args(["-c", "import qemu.qmp"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
 }
 
 fn guest_script() -> Script {
     // Retries `cond` for up to a minute; the step's status is `last`'s.
-    let wait = |cond: &str, last: &str| format!("n=0; until {cond}; do n=$((n+1)); [ $n -gt 600 ] && break; sleep 0.1; done; {last}");
+    let wait = |cond: &str, last: &str| {
+        format!(
+            "n=0; until {cond}; do n=$((n+1)); [ $n -gt 600 ] && break; sleep 0.1; done; {last}"
+        )
+    };
     let mut g = Script::guest("G");
     // The kernel must neither close an open tray on open (autoclose) nor
     // lock the door while the device is open (lock): the host moves it.
@@ -121,7 +128,9 @@ fn guest_script() -> Script {
 #[test]
 fn qmp_drives_a_running_guest() {
     let Some(python) = python_with_qemu_qmp() else {
-        eprintln!("SKIPPED: no Python with the qemu.qmp package (resources/install-deps.sh installs it)");
+        eprintln!(
+            "SKIPPED: no Python with the qemu.qmp package (resources/install-deps.sh installs it)"
+        );
         return;
     };
     let g = guest_script();
@@ -154,25 +163,34 @@ fn qmp_drives_a_running_guest() {
         .ok("dd if=$WORK/small/vdb.raw of=$WORK/w bs=1M count=4 status=none")
         .line(md5_line("H-W-IMAGE", "$WORK/w"));
 
-    let scenario = e2e::qmp_scenario(&h.text(), std::path::Path::new(env!("CARGO_BIN_EXE_qmp-bridge")));
+    let scenario = e2e::qmp_scenario(
+        &h.text(),
+        std::path::Path::new(env!("CARGO_BIN_EXE_qmp-bridge")),
+    );
     let nested = !e2e::hardware_kvm();
     let spec = serde_like_json(&scenario, nested);
     let spec_path = scenario.work.join("spec.json");
     std::fs::write(&spec_path, spec).expect("writing the spec");
-    let out = Command::new(&python)
-        .arg(e2e::workspace_root().join("tests/qmp/guest_qmp.py"))
-        .arg(&spec_path)
-        .output()
-        .expect("running tests/qmp/guest_qmp.py");
+    let mut cmd = Command::new(&python);
+    cmd.arg(e2e::workspace_root().join("tests/qmp/guest_qmp.py"))
+        .arg(&spec_path);
+    let out = e2e::output_within(&mut cmd, TIMEOUT + Duration::from_secs(60));
     let _ = std::fs::remove_dir_all(&scenario.work);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let run = Run {
-        lines: stdout.lines().filter_map(|l| l.strip_prefix("CONSOLE: ")).map(str::to_string).collect(),
+        lines: stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("CONSOLE: "))
+            .map(str::to_string)
+            .collect(),
         elapsed: Duration::ZERO,
     };
     let log = format!("{stdout}\n--- stderr:\n{stderr}");
-    assert!(out.status.success() && stdout.contains("QMP-GUEST-PASSED"), "the host side failed:\n{log}");
+    assert!(
+        out.status.success() && stdout.contains("QMP-GUEST-PASSED"),
+        "the host side failed:\n{log}"
+    );
     h.check(&run);
     g.check(&run);
     let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}=\n{log}"));
@@ -184,13 +202,20 @@ fn qmp_drives_a_running_guest() {
     assert_eq!(v("VDA-BEFORE"), "32768", "{log}");
     assert_eq!(v("VDA-SECTORS"), "65536", "{log}");
     let reads: u32 = v("CHANGE-READS").parse().expect("reads");
-    assert!(reads >= 20, "the guest read too little during the changes\n{log}");
+    assert!(
+        reads >= 20,
+        "the guest read too little during the changes\n{log}"
+    );
     assert_eq!(v("CHANGE-BAD"), "0", "a read returned wrong data\n{log}");
     assert_eq!(v("CHANGE-LAST-IS-ZEROS"), "1", "{log}");
     assert_eq!(v("OTHER-SENSE"), "0", "{log}");
     assert_eq!(v("OTHER-DD-ERRORS"), "0", "{log}");
     assert_eq!(run.md5("W-BACK"), run.md5("W-PATTERN"), "{log}");
-    assert_eq!(run.md5("H-W-IMAGE"), run.md5("W-PATTERN"), "the image after cont\n{log}");
+    assert_eq!(
+        run.md5("H-W-IMAGE"),
+        run.md5("W-PATTERN"),
+        "the image after cont\n{log}"
+    );
     eprintln!(
         "qmp guest: {reads} good reads and {} errors during 100 media changes",
         v("CHANGE-ERRS")
@@ -208,12 +233,17 @@ fn serde_like_json(s: &e2e::QmpScenario, nested: bool) -> String {
     let env: Vec<String> = s
         .command
         .get_envs()
-        .filter_map(|(k, v)| v.map(|v| format!("{}: {}", q(&k.to_string_lossy()), q(&v.to_string_lossy()))))
+        .filter_map(|(k, v)| {
+            v.map(|v| format!("{}: {}", q(&k.to_string_lossy()), q(&v.to_string_lossy())))
+        })
         .collect();
     let (images, work) = if nested {
         ("/images".to_string(), "/tmp/work".to_string())
     } else {
-        (e2e::images().display().to_string(), s.work.display().to_string())
+        (
+            e2e::images().display().to_string(),
+            s.work.display().to_string(),
+        )
     };
     format!(
         "{{\"argv\": [{}], \"env\": {{{}}}, \"qmp\": {}, \"images\": {}, \"stop_iso\": {}, \"done\": \"E2E-SCENARIO-DONE\", \"timeout\": {}}}",

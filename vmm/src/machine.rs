@@ -204,15 +204,22 @@ impl Controller {
             self.set_state(to);
             self.event("STOP", None);
         }
+        // virtio-blk takes nothing new from its rings until `cont` (IDE is
+        // idle once its vCPUs are parked: its requests are synchronous PIO).
+        for h in &self.virtio {
+            h.vm_stop();
+        }
         let backends: Vec<Arc<BlockBackend>> = self.drives.iter().map(|d| d.backend.clone()).collect();
-        for (drive, n) in BlockBackend::drain_all_for(&backends, DRAIN_LIMIT) {
+        let busy = BlockBackend::drain_all_for(&backends, DRAIN_LIMIT);
+        for (drive, n) in &busy {
             eprintln!(
                 "vmm: drive '{drive}': {n} request(s) still in flight after {} s; stopped without waiting for them",
                 DRAIN_LIMIT.as_secs()
             );
         }
-        for b in backends.iter().filter(|b| b.is_inserted()) {
-            if let Err(e) = b.flush() {
+        // A drive still busy is not flushed: its storage is what hangs.
+        for b in backends.iter().filter(|b| !busy.iter().any(|(n, _)| n == b.name())) {
+            if let Err(e) = b.flush_medium() {
                 eprintln!("vmm: drive '{}': flush on stop failed: {e}", b.name());
             }
         }
@@ -241,8 +248,17 @@ impl Controller {
         for fd in &ch.removed {
             let _ = ops.remove(Events::empty_raw(*fd));
         }
-        if let Some(q) = &mut self.qmp {
-            q.close(&ch.removed);
+        let Some(q) = &mut self.qmp else { return };
+        let listener = q.listener_fd();
+        let relisten = q.close(&ch.removed);
+        match ch.listen {
+            Some(false) => {
+                let _ = ops.remove(Events::empty_raw(listener));
+            }
+            _ if relisten => {
+                let _ = ops.add(Events::new_raw(listener, EventSet::IN));
+            }
+            _ => {}
         }
     }
 
@@ -253,11 +269,11 @@ impl Controller {
         } else {
             let mut ch = qmp::server::Changes::default();
             if set.contains(EventSet::OUT) {
-                ch = q.writable(fd);
+                ch = ch.merge(q.writable(fd));
             }
             if set.intersects(EventSet::IN | EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP) {
                 // Commands run here, with the machine (self) borrowed.
-                ch = q.readable(fd, self);
+                ch = ch.merge(q.readable(fd, self));
             }
             ch
         };

@@ -63,8 +63,16 @@ fn main() {
     let mut buf = [0u8; 4096];
     loop {
         let mut fds = [
-            libc::pollfd { fd: serial.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: vmm.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd: serial.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: vmm.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         // SAFETY: poll on two fds we own, with a correctly sized array.
         if unsafe { libc::poll(fds.as_mut_ptr(), 2, 1000) } < 0 {
@@ -82,6 +90,13 @@ fn main() {
                     }
                 }
             }
+        }
+        if fds[0].revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+            break;
+        }
+        if fds[0].revents & libc::POLLIN == 0 && fds[0].revents & libc::POLLHUP != 0 {
+            // A hung-up tty stays "ready": do not spin on it.
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         if fds[0].revents & libc::POLLIN != 0 {
             match serial.read(&mut buf) {

@@ -240,12 +240,10 @@ pub fn change_medium(drives: &[Drive], a: Args<'_>) -> Result<(), QmpError> {
     close_tray(d, &name)
 }
 
-/// QEMU's node-name rule (id_wellformed): a letter, then letters, digits,
-/// '-', '.', '_'; at most 31 bytes. Automatic names start with '#'.
+/// QEMU's id_wellformed: a letter, then letters, digits, '-', '.', '_'.
+/// Automatic names start with '#', so no user name can take one.
 fn valid_node_name(n: &str) -> bool {
-    n.len() < 32
-        && n.starts_with(|c: char| c.is_ascii_alphabetic())
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    n.starts_with(|c: char| c.is_ascii_alphabetic()) && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
 
 /// `blockdev-add` for the drivers we have: `file` (filename), `raw` over a
@@ -272,14 +270,18 @@ pub fn blockdev_add(drives: &[Drive], nodes: &mut Nodes, args: &Map<String, Valu
     ])?;
     let driver = a.str("driver")?;
     let node_name = a.opt_str("node-name")?.ok_or_else(|| err("'node-name' must be specified for the root node".into()))?;
+    // QEMU's bdrv_assign_node_name, in its order.
     if !valid_node_name(node_name) {
         return Err(err(format!("Invalid node-name: '{node_name}'")));
+    }
+    if drives.iter().any(|d| d.backend.name() == node_name) {
+        return Err(err(format!("node-name={node_name} is conflicting with a device id")));
     }
     if nodes.0.contains_key(node_name) || in_use(drives, node_name) {
         return Err(err(format!("Duplicate nodes with node-name='{node_name}'")));
     }
-    if drives.iter().any(|d| d.backend.name() == node_name) {
-        return Err(err(format!("node-name={node_name} is conflicting with a device id")));
+    if node_name.len() >= 32 {
+        return Err(err("Node name too long".into()));
     }
     let read_only = a.opt_bool("read-only")?.unwrap_or(false);
     let node = match driver {
@@ -326,39 +328,48 @@ pub fn blockdev_del(drives: &[Drive], nodes: &mut Nodes, a: Args<'_>) -> Result<
     Ok(())
 }
 
-/// QEMU's qmp_block_resize, by drive (`device`) or node (`node-name`).
+/// QEMU's qmp_block_resize: the arguments are typed first (size is an
+/// int64), then bdrv_lookup_bs finds the drive (`device`) or else the node
+/// (`node-name`), then a negative size is refused.
 pub fn block_resize(drives: &[Drive], nodes: &Nodes, a: Args<'_>) -> Result<(), QmpError> {
     a.only(&["device", "node-name", "size"])?;
+    let (device, node_name) = (a.opt_str("device")?, a.opt_str("node-name")?);
     let size = match a.0.get("size") {
-        Some(v) if v.as_i64().is_some_and(|s| s < 0) => return Err(err("Parameter 'size' expects a >0 size".into())),
-        _ => a.u64("size")?,
+        None => return Err(err("Parameter 'size' is missing".into())),
+        Some(v) => v.as_i64().ok_or_else(|| err("Invalid parameter type for 'size', expected: integer".into()))?,
     };
+    enum Target<'a> {
+        Drive(&'a Drive),
+        Node(&'a Node),
+    }
+    let mut target = None;
+    if let Some(dev) = device {
+        if let Some(d) = drives.iter().find(|d| d.backend.name() == dev) {
+            if !d.backend.is_inserted() {
+                return Err(err(format!("Device '{dev}' has no medium")));
+            }
+            target = Some(Target::Drive(d));
+        }
+    }
+    if let (None, Some(n)) = (&target, node_name) {
+        target = drives
+            .iter()
+            .find(|d| d.backend.node_name().as_deref() == Some(n))
+            .map(Target::Drive)
+            .or_else(|| nodes.0.get(n).map(Target::Node));
+    }
+    let target = target.ok_or_else(|| {
+        err(format!("Cannot find device='{}' nor node-name='{}'", device.unwrap_or(""), node_name.unwrap_or("")))
+    })?;
+    let size = u64::try_from(size).map_err(|_| err("Parameter 'size' expects a >0 size".into()))?;
     let errno_msg = |e: block::Errno| match e.0 {
         libc::EACCES => err("Image is read-only".into()),
         _ => err(format!("Could not resize: {e}")),
     };
-    match (a.opt_str("device")?, a.opt_str("node-name")?) {
-        (Some(dev), None) => {
-            let d = drives
-                .iter()
-                .find(|d| d.backend.name() == dev)
-                .ok_or_else(|| QmpError::device_not_found(format!("Device '{dev}' not found")))?;
-            if !d.backend.is_inserted() {
-                return Err(err(format!("Device '{dev}' has no medium")));
-            }
-            d.backend.resize(size).map_err(errno_msg)
-        }
-        (None, Some(n)) => {
-            if let Some(d) = drives.iter().find(|d| d.backend.node_name().as_deref() == Some(n)) {
-                return d.backend.resize(size).map_err(errno_msg);
-            }
-            let node = nodes.0.get(n).ok_or_else(|| err(format!("Cannot find device='' nor node-name='{n}'")))?;
-            if node.read_only {
-                return Err(err("Image is read-only".into()));
-            }
-            node.driver.truncate(size).map_err(errno_msg)
-        }
-        _ => Err(err("Need exactly one of 'device' and 'node-name'".into())),
+    match target {
+        Target::Drive(d) => d.backend.resize(size).map_err(errno_msg),
+        Target::Node(n) if n.read_only => Err(err("Image is read-only".into())),
+        Target::Node(n) => n.driver.truncate(size).map_err(errno_msg),
     }
 }
 

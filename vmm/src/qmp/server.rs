@@ -77,12 +77,39 @@ pub struct Changes {
     pub removed: Vec<RawFd>,
     /// Clients with output pending (watch for writability) or drained.
     pub want_write: Vec<(RawFd, bool)>,
+    /// Watch the listener (Some(true)) or stop watching it (Some(false)):
+    /// it is not watched while no client can be taken (at `MAX_CLIENTS`,
+    /// or out of file descriptors), or it would wake the loop forever.
+    pub listen: Option<bool>,
 }
+
+impl Changes {
+    /// Both sets of changes; the later one wins for the same fd.
+    pub fn merge(mut self, other: Changes) -> Changes {
+        self.added.extend(other.added);
+        for fd in other.removed {
+            if !self.removed.contains(&fd) {
+                self.removed.push(fd);
+            }
+        }
+        self.want_write.retain(|(fd, _)| !other.want_write.iter().any(|(o, _)| o == fd));
+        self.want_write.extend(other.want_write);
+        self.want_write.retain(|(fd, _)| !self.removed.contains(fd));
+        self.listen = other.listen.or(self.listen);
+        self
+    }
+}
+
+/// Clients at once; more are refused (accepted and closed at once).
+pub const MAX_CLIENTS: usize = 64;
 
 pub struct Server {
     listener: UnixListener,
     path: PathBuf,
     clients: Vec<Client>,
+    /// The listener is not watched (out of fds): watch it again once a
+    /// client closes.
+    listener_paused: bool,
 }
 
 impl Server {
@@ -112,7 +139,7 @@ impl Server {
         unsafe { libc::umask(old) };
         let listener = bound.map_err(err)?;
         listener.set_nonblocking(true).map_err(err)?;
-        Ok(Server { listener, path: path.to_path_buf(), clients: Vec::new() })
+        Ok(Server { listener, path: path.to_path_buf(), clients: Vec::new(), listener_paused: false })
     }
 
     pub fn listener_fd(&self) -> RawFd {
@@ -126,8 +153,16 @@ impl Server {
     /// Closes clients reported in `Changes::removed`, once the caller no
     /// longer watches their fds (so an fd number is never reused while a
     /// watch on it remains).
-    pub fn close(&mut self, fds: &[RawFd]) {
+    /// Returns whether to watch the listener again (it was paused for
+    /// want of fds and a client is now gone).
+    pub fn close(&mut self, fds: &[RawFd]) -> bool {
+        let before = self.clients.len();
         self.clients.retain(|c| !fds.contains(&c.stream.as_raw_fd()));
+        if self.listener_paused && self.clients.len() < before {
+            self.listener_paused = false;
+            return true;
+        }
+        false
     }
 
     /// Accepts every waiting client and greets it.
@@ -136,7 +171,8 @@ impl Server {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if stream.set_nonblocking(true).is_err() {
+                    // Over the limit: closed at once (the client sees EOF).
+                    if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
                         continue;
                     }
                     let mut c = Client {
@@ -155,9 +191,16 @@ impl Server {
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // WouldBlock: all taken. Anything else (EMFILE...): try
-                // again on the next readiness.
-                Err(_) => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                // EMFILE, ENFILE, ENOBUFS...: the listener would stay
+                // readable; stop watching it until a client closes.
+                Err(_) => {
+                    if !self.clients.is_empty() {
+                        self.listener_paused = true;
+                        ch.listen = Some(false);
+                    }
+                    break;
+                }
             }
         }
         ch
@@ -168,7 +211,12 @@ impl Server {
     /// command's reply.
     pub fn readable(&mut self, fd: RawFd, m: &mut dyn Machine) -> Changes {
         let mut ch = Changes::default();
-        let Some(i) = self.clients.iter().position(|c| c.stream.as_raw_fd() == fd && !c.dead) else { return ch };
+        let Some(i) = self.clients.iter().position(|c| c.stream.as_raw_fd() == fd && !c.dead) else {
+            // Dead already (its write side failed): report it again, so the
+            // caller stops watching it (a hung-up fd stays readable).
+            self.reap(&mut ch);
+            return ch;
+        };
         let mut inputs = Vec::new();
         let mut closed = false;
         let mut buf = [0u8; 4096];
@@ -361,6 +409,49 @@ mod tests {
             line.push(b[0]);
         }
         serde_json::from_slice(&line).unwrap()
+    }
+
+    #[test]
+    fn a_client_that_leaves_with_output_pending_is_removed_not_spun_on() {
+        let p = tmp("pending");
+        let mut srv = Server::bind(&p).unwrap();
+        let mut a = UnixStream::connect(&p).unwrap();
+        let fd = srv.accept().added[0];
+        read_line(&mut a);
+        a.write_all(b"{\"execute\":\"qmp_capabilities\"}\n").unwrap();
+        srv.readable(fd, &mut Null::default());
+        // The client stops reading: events pile up beyond the socket buffer.
+        let big = serde_json::json!({"x": "y".repeat(64 << 10)});
+        let mut pending = false;
+        for _ in 0..64 {
+            let ch = srv.send_event("BIG", Some(big.clone()));
+            pending |= ch.want_write.contains(&(fd, true));
+        }
+        assert!(pending, "output should be pending");
+        drop(a);
+        // Writable and readable both report it (epoll gives OUT|IN|HUP at
+        // once), merged as the event loop does.
+        let w = srv.writable(fd);
+        assert_eq!(w.removed, vec![fd]);
+        let r = srv.readable(fd, &mut Null::default());
+        assert_eq!(r.removed, vec![fd], "readable after the write side died");
+        let ch = w.merge(r);
+        assert_eq!(ch.removed, vec![fd]);
+        assert!(!ch.want_write.iter().any(|(f, _)| *f == fd));
+        srv.close(&ch.removed);
+        assert!(!srv.is_client(fd));
+    }
+
+    #[test]
+    fn clients_over_the_limit_are_closed_at_once() {
+        let p = tmp("limit");
+        let mut srv = Server::bind(&p).unwrap();
+        let conns: Vec<UnixStream> = (0..MAX_CLIENTS + 1).map(|_| UnixStream::connect(&p).unwrap()).collect();
+        let ch = srv.accept();
+        assert_eq!(ch.added.len(), MAX_CLIENTS);
+        let mut last = conns.into_iter().last().unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(last.read(&mut b).unwrap(), 0, "the extra client sees EOF");
     }
 
     #[test]

@@ -41,6 +41,10 @@ struct Shared {
     capacity: AtomicU64,
     /// Drained section: take nothing new from the ring.
     quiesced: AtomicBool,
+    /// The VM is stopped (QMP `stop`): take nothing new from the ring until
+    /// it resumes, so that the image does not change under a stopped VM
+    /// (QEMU stops its virtio queue processing while stopped too).
+    vm_stopped: AtomicBool,
     /// The worker must exit (device reset or VMM shutdown).
     stop: AtomicBool,
     /// The VM was resumed: resubmit the retry list.
@@ -107,8 +111,15 @@ impl BlockHandle {
     /// The VM runs again: resubmit the requests a stop policy held, in
     /// their order, before taking new ones.
     pub fn resume(&self) {
+        self.shared.vm_stopped.store(false, Ordering::SeqCst);
         self.shared.resume.store(true, Ordering::SeqCst);
         self.shared.wake();
+    }
+
+    /// The VM stops: requests already taken finish (the caller drains
+    /// them), and none is taken from the ring until `resume`.
+    pub fn vm_stop(&self) {
+        self.shared.vm_stopped.store(true, Ordering::SeqCst);
     }
 
     /// Requests waiting for a resume.
@@ -142,6 +153,7 @@ impl Block {
             backend: Arc::downgrade(&backend),
             capacity: AtomicU64::new(capacity),
             quiesced: AtomicBool::new(false),
+            vm_stopped: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             resume: AtomicBool::new(false),
             held: AtomicUsize::new(0),

@@ -168,6 +168,7 @@ impl Worker {
             && self.retry.is_empty()
             && in_flight < usize::from(self.queue.size())
             && !self.shared.quiesced.load(Ordering::SeqCst)
+            && !self.shared.vm_stopped.load(Ordering::SeqCst)
     }
 
     fn take_requests(&mut self) {
