@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use crate::devops::BlockDevOps;
 use crate::drain::{Drain, Waker};
+use crate::drivers::inject::InjectDriver;
 use crate::driver::{BlockDriver, Errno, IoResult};
 use crate::drivers::options::DiscardMode;
 use crate::gate::WriteGate;
@@ -69,7 +70,11 @@ pub enum Outcome {
 }
 
 struct Medium {
+    /// What requests go to: the image's driver, or the injection layer
+    /// over it (`inject`).
     driver: Arc<dyn BlockDriver>,
+    /// The injection layer, while there is one.
+    inject: Option<Arc<InjectDriver>>,
     filename: String,
     /// QEMU's node-name; "#blockN" when the user gave none, as QEMU names
     /// the nodes of -drive.
@@ -312,9 +317,47 @@ impl BlockBackend {
         self.st().medium.as_ref().map(|m| m.filename.clone())
     }
 
-    /// The medium's driver (`raw`, `null`, ...), None without a medium.
+    /// The medium's driver (`raw`, `null`, ...; the one under an injection
+    /// layer), None without a medium.
     pub fn medium_driver(&self) -> Option<&'static str> {
-        self.st().medium.as_ref().map(|m| m.driver.name())
+        self.st().medium.as_ref().map(|m| m.inject.as_ref().map_or(m.driver.name(), |i| i.inner().name()))
+    }
+
+    /// The medium's injection layer (QMP x-block-error-inject), put in
+    /// place on first use inside a drained section, keeping the medium's
+    /// file and node name. Only drives that get rules pay for it: the layer
+    /// sends file I/O to the thread pool instead of io_uring, so that every
+    /// request meets the rules. None without a medium.
+    pub fn injector(&self) -> Option<Arc<InjectDriver>> {
+        self.drained(|| {
+            let mut s = self.st();
+            let m = s.medium.as_mut()?;
+            if let Some(i) = &m.inject {
+                return Some(i.clone());
+            }
+            let i = Arc::new(InjectDriver::new(m.driver.clone()));
+            m.driver = i.clone();
+            m.inject = Some(i.clone());
+            Some(i)
+        })
+    }
+
+    /// The injection layer if there is one, for listing its rules.
+    pub fn injection(&self) -> Option<Arc<InjectDriver>> {
+        self.st().medium.as_ref().and_then(|m| m.inject.clone())
+    }
+
+    /// Drops every rule and the layer itself: the drive is as it was.
+    pub fn clear_injection(&self) {
+        self.drained(|| {
+            let mut s = self.st();
+            if let Some(m) = s.medium.as_mut() {
+                if let Some(i) = m.inject.take() {
+                    i.clear();
+                    m.driver = i.inner().clone();
+                }
+            }
+        })
     }
 
     /// The medium's node name (QEMU's node-name), None without a medium.
@@ -360,7 +403,7 @@ impl BlockBackend {
             if s.medium.is_some() {
                 return Err(crate::Error::MediumPresent(self.name.clone()));
             }
-            s.medium = Some(Medium { driver, filename: filename.to_string(), node_name });
+            s.medium = Some(Medium { driver, inject: None, filename: filename.to_string(), node_name });
             Ok(())
         })
     }
@@ -375,7 +418,7 @@ impl BlockBackend {
     /// old one after, nor see an empty drive in between.
     pub fn change_medium(&self, driver: Arc<dyn BlockDriver>, filename: &str) -> Option<Arc<dyn BlockDriver>> {
         self.drained(|| {
-            let new = Medium { driver, filename: filename.to_string(), node_name: auto_node_name() };
+            let new = Medium { driver, inject: None, filename: filename.to_string(), node_name: auto_node_name() };
             let old = self.st().medium.replace(new);
             old.map(|m| m.driver)
         })

@@ -588,3 +588,25 @@ fn an_unaligned_write_into_the_partial_last_block_does_not_grow_the_file() {
     assert_eq!(on_disk.len(), 1000, "the file grew");
     assert!(on_disk[..990].iter().all(|&x| x == 7) && on_disk[990..].iter().all(|&x| x == 1));
 }
+
+#[test]
+fn an_injection_layer_comes_and_goes_at_runtime_keeping_the_medium() {
+    use block::drivers::inject::{Count, Latency, Rule};
+    let b = BlockBackend::new("inj");
+    b.insert_medium(Arc::new(block::drivers::null::NullDriver::new(1 << 20)), "null-co://").unwrap();
+    let node = b.node_name();
+    assert!(b.injection().is_none(), "no layer until a rule is wanted");
+    let i = b.injector().unwrap();
+    assert!(Arc::ptr_eq(&i, &b.injector().unwrap()), "one layer");
+    i.add_rule(Rule { op: Some(block::Op::Write), sectors: None, errno: libc::EIO, count: Count::UntilRemoved });
+    i.add_latency(Latency { op: Some(block::Op::Read), sectors: None, delay: std::time::Duration::from_millis(20) });
+    assert_eq!(b.write(0, &[1u8; 512]), Err(block::Errno::EIO));
+    let t = std::time::Instant::now();
+    assert_eq!(b.read(0, &mut [0u8; 512]), Ok(()));
+    assert!(t.elapsed() >= std::time::Duration::from_millis(20));
+    assert_eq!((b.node_name(), b.medium_driver(), b.medium_filename().as_deref()), (node.clone(), Some("null"), Some("null-co://")));
+    b.clear_injection();
+    assert!(b.injection().is_none());
+    assert_eq!(b.write(0, &[1u8; 512]), Ok(()), "the rules went with the layer");
+    assert_eq!(b.node_name(), node);
+}

@@ -1,10 +1,16 @@
-//! Error injection on top of another driver (QEMU's blkdebug, simplified):
-//! rules fail matching requests with a chosen errno, once, N times or until
-//! removed; everything else passes through untouched. Rules can be added
-//! and removed while I/O runs, which is how the werror/rerror tests drive a
-//! guest into and out of errors.
+//! Error and latency injection on top of another driver (QEMU's blkdebug,
+//! simplified): error rules fail matching requests with a chosen errno,
+//! once, N times or until removed; latency rules delay matching requests
+//! and then let them through; everything else passes through untouched.
+//! Rules can be added and removed while I/O runs, which is how the
+//! werror/rerror tests drive a guest into and out of errors.
+//!
+//! A delay sleeps in whatever thread runs the request: an I/O queue's pool
+//! thread for virtio-blk (so other drives, with their own pools, are not
+//! held up), the vCPU thread for IDE's synchronous PIO.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::driver::{AsyncMode, BlockDriver, Errno, IoResult};
 use crate::iov::{total_len, IoVec};
@@ -29,6 +35,14 @@ pub struct Rule {
     pub count: Count,
 }
 
+/// Slow storage: matching requests wait `delay`, then run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Latency {
+    pub op: Option<Op>,
+    pub sectors: Option<(u64, u64)>,
+    pub delay: Duration,
+}
+
 pub type RuleId = u64;
 
 struct Armed {
@@ -37,60 +51,113 @@ struct Armed {
     hits: u32,
 }
 
+/// An armed rule as `rules()` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArmedRule {
+    Error { id: RuleId, rule: Rule, hits: u32 },
+    Latency { id: RuleId, latency: Latency, hits: u32 },
+}
+
+struct Rules {
+    next: RuleId,
+    errors: Vec<Armed>,
+    latencies: Vec<(RuleId, Latency, u32)>,
+}
+
 pub struct InjectDriver {
     inner: Arc<dyn BlockDriver>,
-    rules: Mutex<(RuleId, Vec<Armed>)>,
+    rules: Mutex<Rules>,
+}
+
+fn overlaps(rule: Option<(u64, u64)>, range: Option<(u64, u64)>) -> bool {
+    match (rule, range) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some((s, e)), Some((off, len))) => {
+            let first = off / 512;
+            let last = (off + len.max(1) - 1) / 512;
+            first <= e && last >= s
+        }
+    }
 }
 
 impl InjectDriver {
     pub fn new(inner: Arc<dyn BlockDriver>) -> Self {
-        InjectDriver { inner, rules: Mutex::new((0, Vec::new())) }
+        InjectDriver { inner, rules: Mutex::new(Rules { next: 0, errors: Vec::new(), latencies: Vec::new() }) }
+    }
+
+    /// The driver underneath.
+    pub fn inner(&self) -> &Arc<dyn BlockDriver> {
+        &self.inner
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rules> {
+        self.rules.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn add_rule(&self, rule: Rule) -> RuleId {
-        let mut g = self.rules.lock().unwrap_or_else(|e| e.into_inner());
-        g.0 += 1;
-        let id = g.0;
-        g.1.push(Armed { id, rule, hits: 0 });
+        let mut g = self.lock();
+        g.next += 1;
+        let id = g.next;
+        g.errors.push(Armed { id, rule, hits: 0 });
+        id
+    }
+
+    pub fn add_latency(&self, latency: Latency) -> RuleId {
+        let mut g = self.lock();
+        g.next += 1;
+        let id = g.next;
+        g.latencies.push((id, latency, 0));
         id
     }
 
     /// False when no such rule is armed (it may have run out).
     pub fn remove_rule(&self, id: RuleId) -> bool {
-        let mut g = self.rules.lock().unwrap_or_else(|e| e.into_inner());
-        let before = g.1.len();
-        g.1.retain(|a| a.id != id);
-        g.1.len() != before
+        let mut g = self.lock();
+        let before = g.errors.len() + g.latencies.len();
+        g.errors.retain(|a| a.id != id);
+        g.latencies.retain(|l| l.0 != id);
+        g.errors.len() + g.latencies.len() != before
     }
 
     pub fn clear(&self) {
-        self.rules.lock().unwrap_or_else(|e| e.into_inner()).1.clear();
+        let mut g = self.lock();
+        g.errors.clear();
+        g.latencies.clear();
     }
 
-    /// How many rules are still armed.
+    /// How many rules (error and latency) are still armed.
     pub fn armed(&self) -> usize {
-        self.rules.lock().unwrap_or_else(|e| e.into_inner()).1.len()
+        let g = self.lock();
+        g.errors.len() + g.latencies.len()
     }
 
-    /// The first matching rule's errno, counting the hit and disarming the
-    /// rule when its count is used up.
+    /// The armed rules, error rules first, each in the order added.
+    pub fn rules(&self) -> Vec<ArmedRule> {
+        let g = self.lock();
+        let errors = g.errors.iter().map(|a| ArmedRule::Error { id: a.id, rule: a.rule.clone(), hits: a.hits });
+        let lat = g.latencies.iter().map(|(id, l, hits)| ArmedRule::Latency { id: *id, latency: l.clone(), hits: *hits });
+        errors.chain(lat).collect()
+    }
+
+    /// Waits out the first matching latency rule (outside the lock), then
+    /// returns the first matching error rule's errno, counting the hit and
+    /// disarming the rule when its count is used up.
     fn check(&self, op: Op, range: Option<(u64, u64)>) -> IoResult<()> {
-        let mut g = self.rules.lock().unwrap_or_else(|e| e.into_inner());
-        let pos = g.1.iter().position(|a| {
-            let op_ok = a.rule.op.is_none_or(|r| r == op || r == op.acct());
-            let range_ok = match (a.rule.sectors, range) {
-                (None, _) => true,
-                (Some(_), None) => false,
-                (Some((s, e)), Some((off, len))) => {
-                    let first = off / 512;
-                    let last = (off + len.max(1) - 1) / 512;
-                    first <= e && last >= s
-                }
-            };
-            op_ok && range_ok
-        });
-        let Some(i) = pos else { return Ok(()) };
-        let armed = &mut g.1[i];
+        let matches = |rop: Option<Op>, sectors| rop.is_none_or(|r| r == op || r == op.acct()) && overlaps(sectors, range);
+        let delay = {
+            let mut g = self.lock();
+            g.latencies.iter_mut().find(|(_, l, _)| matches(l.op, l.sectors)).map(|(_, l, hits)| {
+                *hits += 1;
+                l.delay
+            })
+        };
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
+        let mut g = self.lock();
+        let Some(i) = g.errors.iter().position(|a| matches(a.rule.op, a.rule.sectors)) else { return Ok(()) };
+        let armed = &mut g.errors[i];
         armed.hits += 1;
         let errno = armed.rule.errno;
         let done = match armed.rule.count {
@@ -99,7 +166,7 @@ impl InjectDriver {
             Count::UntilRemoved => false,
         };
         if done {
-            g.1.remove(i);
+            g.errors.remove(i);
         }
         Err(Errno(errno))
     }
@@ -205,6 +272,25 @@ mod tests {
         assert_eq!(d.discard(0, 8192), Err(Errno::EPERM), "0-15 covers 8");
         assert_eq!(d.write_zeroes(9 * 512, 512, false), Err(Errno::EPERM));
         assert_eq!(d.flush(), Ok(()), "a ranged rule never matches a flush");
+    }
+
+    #[test]
+    fn latency_delays_matching_requests_only_and_is_listed() {
+        let d = dev();
+        let id = d.add_latency(Latency { op: Some(Op::Read), sectors: None, delay: Duration::from_millis(50) });
+        let t = std::time::Instant::now();
+        assert_eq!(write(&d, 0, 512), Ok(()));
+        assert!(t.elapsed() < Duration::from_millis(50), "writes are not delayed");
+        let t = std::time::Instant::now();
+        assert_eq!(read(&d, 0, 512), Ok(()));
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        d.add_rule(Rule { op: Some(Op::Read), sectors: None, errno: libc::EIO, count: Count::Once });
+        let t = std::time::Instant::now();
+        assert_eq!(read(&d, 0, 512), Err(Errno::EIO), "a slow request can fail too");
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        assert!(matches!(&d.rules()[..], [ArmedRule::Latency { id: i, hits: 2, .. }] if *i == id));
+        assert!(d.remove_rule(id));
+        assert_eq!(d.armed(), 0);
     }
 
     #[test]
