@@ -8,6 +8,7 @@ use std::sync::Arc;
 use block::{BlockBackend, IoStatus, Op};
 use serde_json::{json, Value};
 
+use super::inject;
 use super::media::{self, Nodes};
 use super::protocol::{self, parse_request, reply_err, reply_ok, Args, Input, QmpError};
 use crate::runstate::RunState;
@@ -62,6 +63,9 @@ pub const COMMANDS: &[&str] = &[
     "blockdev-add",
     "blockdev-del",
     "block_resize",
+    "x-block-error-inject",
+    "x-block-latency-inject",
+    "x-block-error-clear",
 ];
 
 /// One connection's state: before `qmp_capabilities` only that command is
@@ -174,6 +178,9 @@ fn execute(m: &mut dyn Machine, name: &str, a: Args<'_>) -> Result<Value, QmpErr
             let drives = m.drives();
             media::block_resize(&drives, m.nodes(), a).map(|_| ok)
         }
+        "x-block-error-inject" => inject::error_inject(&m.drives(), a).map(|_| ok),
+        "x-block-latency-inject" => inject::latency_inject(&m.drives(), a).map(|_| ok),
+        "x-block-error-clear" => inject::clear(&m.drives(), a).map(|_| ok),
         _ => Err(QmpError::not_found(format!("The command {name} has not been found"))),
     }
 }
@@ -218,6 +225,9 @@ pub fn block_info(d: &Drive) -> Value {
             "cache": {"writeback": b.write_cache(), "direct": false, "no-flush": false},
             "image": {"filename": file, "format": drv, "virtual-size": size},
         });
+    }
+    if let Some(rules) = inject::listing(d) {
+        info["x-inject"] = rules;
     }
     info
 }

@@ -5,9 +5,11 @@
 //! - `protocol`: the wire format and QEMU's error texts (pure).
 //! - `commands`: the commands against a `Machine`, and negotiation (pure).
 //! - `media`: removable media, block nodes and resize, as QEMU's blockdev.c.
+//! - `inject`: runtime fault and latency injection (`x-` commands, ours).
 //! - `server`: the socket and its clients, run by the VMM's event loop.
 
 pub mod commands;
+pub mod inject;
 pub mod media;
 pub mod protocol;
 pub mod server;
