@@ -238,6 +238,12 @@ async def run_query_block(v, disk):
     check(vd["removable"] is False and vd["locked"] is False and "tray_open" not in vd, vd)
     check(vd["inserted"]["file"] == disk and vd["inserted"]["ro"] is False, vd)
     check(vd["inserted"]["image"]["virtual-size"] == 1 << 20, vd)
+    check(vd["inserted"]["drv"] == "raw", "the injection layer is not the format")
+    check(vd["x-inject"] == [
+        {"type": "error", "operation": "write", "errno": "ENOSPC", "once": True, "hits": 0, "sector": 8, "count": 2},
+        {"type": "latency", "operation": "read", "ms": 5, "hits": 0},
+    ], vd)
+    check("x-inject" not in blocks["ide1-cd0"], "no rules, no layer")
     cd = blocks["ide1-cd0"]
     check(cd["removable"] is True and cd["tray_open"] is False and cd["locked"] is False, cd)
     check(cd["inserted"]["ro"] is True and cd["inserted"]["drv"] == "raw", cd)
@@ -266,7 +272,8 @@ def query_block_with_a_disk_a_cd_and_an_empty_drive():
     iso = os.path.join(WORK, "cd.iso")
     with open(iso, "wb") as f:
         f.truncate(4 << 20)
-    extra = ["--drive", f"if=virtio,file={disk}", "--cdrom", iso, "--drive", "if=ide,media=cdrom,index=3"]
+    extra = ["--drive", f"if=virtio,file={disk},x-inject=write:ENOSPC:once@8+2,x-latency=read:5",
+             "--cdrom", iso, "--drive", "if=ide,media=cdrom,index=3"]
     with Vmm("blk", extra) as v:
         asyncio.run(run_query_block(v, disk))
         check(v.wait() == 0, v.stderr())

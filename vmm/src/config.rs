@@ -81,6 +81,54 @@ pub struct DriveConfig {
     pub rerror: OnError,
     pub id: String,
     pub serial: Option<String>,
+    /// `x-inject=` / `x-latency=` rules armed at start (issue 12).
+    pub inject: Vec<InjectRule>,
+}
+
+/// A fault or latency rule from the command line, armed on the drive's
+/// injection layer at start, as QMP's x-block-error-inject and
+/// x-block-latency-inject would.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InjectRule {
+    Error(block::drivers::inject::Rule),
+    Latency(block::drivers::inject::Latency),
+}
+
+/// `OP:ERRNO[:once][@SECTOR[+COUNT]]` (x-inject) or
+/// `OP:MS[@SECTOR[+COUNT]]` (x-latency).
+fn parse_inject(key: &str, value: &str) -> Result<InjectRule, String> {
+    use block::drivers::inject::{Count, Latency, Rule};
+    use crate::qmp::inject::{errno_by_name, op_by_name, MAX_MS};
+    let bad = |why: &str| format!("{key}: invalid value '{value}' ({why})");
+    let (rule, range) = match value.split_once('@') {
+        Some((r, range)) => (r, Some(range)),
+        None => (value, None),
+    };
+    let sectors = match range {
+        None => None,
+        Some(r) => {
+            let (first, count) = match r.split_once('+') {
+                Some((f, c)) => (f, c.parse::<u64>().ok().filter(|&c| c > 0).ok_or_else(|| bad("COUNT must be at least 1"))?),
+                None => (r, 1),
+            };
+            let first = first.parse::<u64>().map_err(|_| bad("SECTOR must be a number"))?;
+            Some((first, first.checked_add(count - 1).ok_or_else(|| bad("range too large"))?))
+        }
+    };
+    let fields: Vec<&str> = rule.split(':').collect();
+    let op = op_by_name(fields[0]).ok_or_else(|| bad("OP is read, write, flush, discard or any"))?;
+    if key == "x-latency" {
+        let [_, ms] = fields[..] else { return Err(bad("expected OP:MS[@SECTOR[+COUNT]]")) };
+        let ms = ms.parse::<u64>().ok().filter(|m| (1..=MAX_MS).contains(m)).ok_or_else(|| bad("MS from 1 to 600000"))?;
+        return Ok(InjectRule::Latency(Latency { op, sectors, delay: std::time::Duration::from_millis(ms) }));
+    }
+    let (errno, count) = match fields[..] {
+        [_, e] => (e, Count::UntilRemoved),
+        [_, e, "once"] => (e, Count::Once),
+        _ => return Err(bad("expected OP:ERRNO[:once][@SECTOR[+COUNT]]")),
+    };
+    let errno = errno_by_name(errno).ok_or_else(|| bad("ERRNO is a name such as EIO or ENOSPC"))?;
+    Ok(InjectRule::Error(Rule { op, sectors, errno, count }))
 }
 
 #[derive(Debug, Clone)]
@@ -289,6 +337,7 @@ fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
     let mut rerror = OnError::DEFAULT_READ;
     let mut id = String::new();
     let mut serial = None;
+    let mut inject = Vec::new();
     let mut seen = HashSet::new();
 
     if spec.trim().is_empty() {
@@ -296,7 +345,8 @@ fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
     }
     for part in split_drive_spec(spec) {
         let (key, value) = part.split_once('=').ok_or_else(|| format!("'{part}' is not KEY=VALUE"))?;
-        if !seen.insert(key.to_string()) {
+        let repeatable = matches!(key, "x-inject" | "x-latency");
+        if !repeatable && !seen.insert(key.to_string()) {
             return Err(format!("key '{key}' given twice"));
         }
         let bad = |e: block::Error| format!("{key}: {e}");
@@ -348,6 +398,7 @@ fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
                 }
                 serial = Some(value.to_string());
             }
+            "x-inject" | "x-latency" => inject.push(parse_inject(key, value)?),
             _ => return Err(format!("unknown key '{key}'")),
         }
     }
@@ -368,9 +419,10 @@ fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
     match &file {
         Some(path) => check_drive_file(path, readonly)?,
         None if media == Media::Disk => return Err("file= is required for a disk".into()),
+        None if !inject.is_empty() => return Err("x-inject/x-latency need a medium (file=)".into()),
         None => {}
     }
-    Ok(DriveConfig { file, interface, media, index, readonly, cache, aio, discard, werror, rerror, id, serial })
+    Ok(DriveConfig { file, interface, media, index, readonly, cache, aio, discard, werror, rerror, id, serial, inject })
 }
 
 /// Splits on commas, with QEMU's escape: ",," is a literal comma (for paths).
@@ -500,6 +552,37 @@ mod tests {
             assert!(e.contains(needle), "'{spec}' gave '{e}'");
             assert!(!e.contains('\n'));
         }
+    }
+
+    #[test]
+    fn injection_rules_at_start() {
+        use block::drivers::inject::{Count, Latency, Rule};
+        let f = tmpfile("inj");
+        let spec = format!("file={},if=virtio,x-inject=write:EIO,x-inject=read:ENOSPC:once@100+8,x-latency=any:2000@5", f.display());
+        let d = &parse_drives(&[spec]).unwrap()[0];
+        assert_eq!(
+            d.inject,
+            vec![
+                InjectRule::Error(Rule { op: Some(block::Op::Write), sectors: None, errno: libc::EIO, count: Count::UntilRemoved }),
+                InjectRule::Error(Rule { op: Some(block::Op::Read), sectors: Some((100, 107)), errno: libc::ENOSPC, count: Count::Once }),
+                InjectRule::Latency(Latency { op: None, sectors: Some((5, 5)), delay: std::time::Duration::from_millis(2000) }),
+            ]
+        );
+        for (rule, needle) in [
+            ("x-inject=write", "expected OP:ERRNO"),
+            ("x-inject=seek:EIO", "OP is read"),
+            ("x-inject=write:EFOO", "ERRNO is a name"),
+            ("x-inject=write:EIO:twice", "expected OP:ERRNO"),
+            ("x-inject=write:EIO@x", "SECTOR must be a number"),
+            ("x-inject=write:EIO@1+0", "COUNT must be at least 1"),
+            ("x-latency=read:0", "MS from 1"),
+            ("x-latency=read", "expected OP:MS"),
+        ] {
+            let e = parse_drives(&[format!("file={},{rule}", f.display())]).unwrap_err().to_string();
+            assert!(e.contains(needle) && e.contains(rule.split_once('=').unwrap().1), "'{rule}' gave '{e}'");
+        }
+        let e = parse_drives(&["if=ide,media=cdrom,x-inject=read:EIO".to_string()]).unwrap_err().to_string();
+        assert!(e.contains("need a medium"), "{e}");
     }
 
     #[test]

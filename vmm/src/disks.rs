@@ -34,6 +34,15 @@ pub fn open_backend(d: &DriveConfig) -> Result<Arc<BlockBackend>> {
         backend
             .insert_medium(Arc::new(raw), &path.to_string_lossy())
             .map_err(|e| Error::Drive(d.id.clone(), e.to_string()))?;
+        if !d.inject.is_empty() {
+            let inject = backend.injector().ok_or_else(|| Error::Drive(d.id.clone(), "no medium for x-inject".into()))?;
+            for r in &d.inject {
+                match r {
+                    crate::config::InjectRule::Error(rule) => inject.add_rule(rule.clone()),
+                    crate::config::InjectRule::Latency(l) => inject.add_latency(l.clone()),
+                };
+            }
+        }
     }
     Ok(backend)
 }

@@ -42,7 +42,7 @@ const OPERATIONS: &[(&str, Option<Op>)] =
     &[("any", None), ("read", Some(Op::Read)), ("write", Some(Op::Write)), ("flush", Some(Op::Flush)), ("discard", Some(Op::Discard))];
 
 /// Latency rules are capped at ten minutes: longer is a hang, not slowness.
-const MAX_MS: u64 = 600_000;
+pub const MAX_MS: u64 = 600_000;
 
 fn err(desc: String) -> QmpError {
     QmpError::generic(desc)
@@ -56,13 +56,19 @@ fn drive<'a>(drives: &'a [Drive], a: &Args<'_>) -> Result<&'a Drive, QmpError> {
         .ok_or_else(|| QmpError::device_not_found(format!("Device '{id}' not found")))
 }
 
+/// An operation by name (read, write, flush, discard, any).
+pub fn op_by_name(name: &str) -> Option<Option<Op>> {
+    OPERATIONS.iter().find(|(n, _)| *n == name).map(|(_, op)| *op)
+}
+
+/// An errno by its Linux name (EIO, ENOSPC, ...).
+pub fn errno_by_name(name: &str) -> Option<i32> {
+    ERRNOS.iter().find(|(n, _)| *n == name).map(|(_, e)| *e)
+}
+
 fn operation(a: &Args<'_>) -> Result<Option<Op>, QmpError> {
     let name = a.opt_str("operation")?.unwrap_or("any");
-    OPERATIONS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, op)| *op)
-        .ok_or_else(|| err(format!("Parameter 'operation' does not accept value '{name}'")))
+    op_by_name(name).ok_or_else(|| err(format!("Parameter 'operation' does not accept value '{name}'")))
 }
 
 fn op_name(op: Option<Op>) -> &'static str {
@@ -91,11 +97,7 @@ pub fn error_inject(drives: &[Drive], a: Args<'_>) -> Result<(), QmpError> {
     let d = drive(drives, &a)?;
     let op = operation(&a)?;
     let name = a.opt_str("errno")?.unwrap_or("EIO");
-    let errno = ERRNOS
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, e)| *e)
-        .ok_or_else(|| err(format!("Parameter 'errno' does not accept value '{name}'")))?;
+    let errno = errno_by_name(name).ok_or_else(|| err(format!("Parameter 'errno' does not accept value '{name}'")))?;
     let sectors = sectors(&a)?;
     let count = if a.opt_bool("once")?.unwrap_or(false) { Count::Once } else { Count::UntilRemoved };
     let inject = d.backend.injector().ok_or_else(|| no_medium(d))?;
