@@ -487,3 +487,32 @@ fn a_stopped_vm_takes_nothing_from_the_ring_until_it_resumes() {
     assert_eq!(d.status(w), S_OK);
     assert_eq!(&disk.data()[4096..8192], &a[..]);
 }
+
+#[test]
+fn a_device_reset_drops_held_requests_and_counts_them() {
+    let disk = TestDisk::new(DISK as usize, true);
+    let inject = Arc::new(InjectDriver::new(disk.clone()));
+    inject.add_rule(Rule { op: Some(Op::Write), sectors: None, errno: libc::EIO, count: Count::UntilRemoved });
+    let b = Arc::new(BlockBackend::new("dropper"));
+    b.insert_medium(inject, "inject").unwrap();
+    b.set_on_error(OnError::Report, OnError::Stop).unwrap();
+    b.iostatus_enable();
+    let mut d = Driver::new(b.clone(), AioEngine::IoUring, None);
+    d.init(0);
+    let a = pattern(4, 4096);
+    d.request(VIRTIO_BLK_T_OUT, 8, &a, 0);
+    d.request(VIRTIO_BLK_T_OUT, 16, &a, 0);
+    d.notify();
+    let until = Instant::now() + Duration::from_secs(10);
+    while d.handle.held_requests() < 2 {
+        assert!(Instant::now() < until, "the writes were not held");
+        std::thread::yield_now();
+    }
+    d.w(VIRTIO_MMIO_STATUS, 0);
+    let until = Instant::now() + Duration::from_secs(10);
+    while d.handle.dropped_requests() < 2 {
+        assert!(Instant::now() < until, "the reset did not drop them");
+        std::thread::yield_now();
+    }
+    assert_eq!((d.handle.held_requests(), d.handle.dropped_requests()), (0, 2));
+}

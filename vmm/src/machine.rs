@@ -595,6 +595,11 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
             eprintln!("{l}");
         }
     }
+    for (n, c, _) in &ide.channels {
+        if devices::bus::lock(c).has_held_command() {
+            eprintln!("vmm: ide{n}: 1 request held by a stop policy was dropped at exit");
+        }
+    }
     drop(pio);
     drop(ide);
     for b in &backends {

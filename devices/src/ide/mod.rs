@@ -242,6 +242,15 @@ impl Drive {
 
     /// QEMU's ide_reset, except that the tray and lock survive (see
     /// docs/ide.md): registers, multiple count, transfer, sense, signature.
+    /// Forgets a command a stop policy held (the guest reset the device,
+    /// or issued another command), saying so: QMP `cont` will not retry it.
+    pub(crate) fn drop_held(&mut self, why: &str) {
+        if self.pending.take().is_some() {
+            let name = self.backend.as_ref().map_or("?", |b| b.name());
+            eprintln!("vmm: drive '{name}': 1 request held by a stop policy was dropped by {why}");
+        }
+    }
+
     pub(crate) fn reset(&mut self) {
         self.feature = 0;
         self.error = 0;
@@ -260,7 +269,7 @@ impl Drive {
         self.mult_sectors = MAX_MULT_SECTORS;
         self.nsector_left = 0;
         self.req_nb_sectors = 1;
-        self.pending = None;
+        self.drop_held("a device reset");
         self.sense_key = 0;
         self.asc = 0;
         self.ascq = 0;
@@ -640,7 +649,7 @@ impl IdeChannel {
         }
         // A new command drops a held one (only a stopped VM holds one,
         // and it does not run the guest).
-        d.pending = None;
+        d.drop_held("a new command");
         if cmd == ata::WIN_DIAGNOSE {
             d.diagnostic(&irq);
             return;

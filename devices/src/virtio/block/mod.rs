@@ -51,6 +51,8 @@ struct Shared {
     resume: AtomicBool,
     /// Requests held by werror/rerror=stop, for the VMM and tests.
     held: AtomicUsize,
+    /// Held requests dropped by a device reset or the VMM's exit.
+    dropped: AtomicU64,
     /// Times the I/O thread woke up: a diagnostic (an idle device must
     /// not spin).
     wakeups: AtomicU64,
@@ -127,6 +129,11 @@ impl BlockHandle {
         self.shared.held.load(Ordering::SeqCst)
     }
 
+    /// Held requests that a device reset or the VMM's exit dropped.
+    pub fn dropped_requests(&self) -> u64 {
+        self.shared.dropped.load(Ordering::SeqCst)
+    }
+
     /// How often the I/O thread has woken up so far.
     pub fn wakeups(&self) -> u64 {
         self.shared.wakeups.load(Ordering::Relaxed)
@@ -157,6 +164,7 @@ impl Block {
             stop: AtomicBool::new(false),
             resume: AtomicBool::new(false),
             held: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
             wakeups: AtomicU64::new(0),
             kick: EventFd::new(EFD_NONBLOCK).map_err(crate::Error::EventFd)?,
             interrupt: OnceLock::new(),

@@ -125,8 +125,18 @@ impl Worker {
         }
         // Reset or shutdown: wait until nothing in flight can write guest
         // memory, and answer nothing (the driver has forgotten the ring).
+        // Requests a stop policy held are dropped: said on stderr, since
+        // QMP `cont` will not retry them.
         self.done.clear();
         self.ioq.drain(&mut self.done);
+        if !self.retry.is_empty() {
+            let name = self.shared.backend.upgrade().map_or_else(|| "?".to_string(), |b| b.name().to_string());
+            eprintln!(
+                "vmm: drive '{name}': {} request(s) held by a stop policy were dropped by a device reset or the VMM's exit",
+                self.retry.len()
+            );
+            self.shared.dropped.fetch_add(self.retry.len() as u64, Ordering::SeqCst);
+        }
         self.shared.held.store(0, Ordering::SeqCst);
     }
 
