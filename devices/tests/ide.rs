@@ -930,3 +930,75 @@ fn device_reset_keeps_the_tray_and_power_reset_unlocks() {
     assert!(!b.is_medium_locked());
     assert!(!h.irq());
 }
+
+/// QEMU's four policies on the ATA disk for reads, writes and flushes and
+/// both errnos, with a retry that fails again under stop: report aborts
+/// the command (ABRT), ignore completes it, stop (and enospc on ENOSPC)
+/// holds it with no completion and the matching iostatus until a resume
+/// retries it (held again if it fails again); enospc on EIO reports.
+#[test]
+fn every_policy_for_every_ata_operation_and_errno() {
+    use block::IoStatus;
+    for op in [Op::Read, Op::Write, Op::Flush] {
+        for policy in [OnError::Report, OnError::Ignore, OnError::Stop, OnError::Enospc] {
+            if op == Op::Read && policy == OnError::Enospc {
+                continue;
+            }
+            for errno in [libc::EIO, libc::ENOSPC] {
+                for failures in [1u32, 2] {
+                    let what = format!("{op:?} {policy:?} errno {errno} x{failures}");
+                    let d = TestDisk::new(DISK_BYTES, true);
+                    let inj = Arc::new(InjectDriver::new(d.clone()));
+                    let b = Arc::new(BlockBackend::new("hd0"));
+                    b.insert_medium(inj.clone(), "disk.img").unwrap();
+                    let (r, w) = if op == Op::Read { (policy, OnError::Report) } else { (OnError::Report, policy) };
+                    b.set_on_error(r, w).unwrap();
+                    b.iostatus_enable();
+                    let h = Host::new(disk(&b), None);
+                    h.select(0);
+                    let data = pattern(7, 512);
+                    d.data()[10 * 512..11 * 512].copy_from_slice(&data);
+                    inj.add_rule(Rule { op: Some(op), sectors: None, errno, count: Count::Times(failures) });
+                    match op {
+                        Op::Read => h.cmd28(0x20, 10, 1),
+                        Op::Write => {
+                            h.cmd28(0x30, 10, 1);
+                            h.outsw(&data);
+                        }
+                        _ => h.outb(REG_STATUS, 0xe7),
+                    }
+                    let stops = policy == OnError::Stop || (policy == OnError::Enospc && errno == libc::ENOSPC);
+                    if !stops {
+                        assert!(h.irq(), "{what}: completes");
+                        let (st, err) = (h.inb(REG_STATUS), h.inb(REG_ERROR));
+                        if policy == OnError::Ignore {
+                            assert_eq!(st & ERR, 0, "{what}: ignored");
+                        } else {
+                            assert_eq!((st & ERR, err), (ERR, ABRT), "{what}: reported");
+                        }
+                        continue;
+                    }
+                    let want_io = if errno == libc::ENOSPC { IoStatus::NoSpace } else { IoStatus::Failed };
+                    for round in 0..failures {
+                        assert!(h.ch.lock().unwrap().has_held_command(), "{what}: held in round {round}");
+                        assert!(!h.irq(), "{what}: no completion while held");
+                        assert_eq!(b.iostatus(), Some(want_io), "{what}");
+                        b.iostatus_reset();
+                        h.ch.lock().unwrap().resume();
+                    }
+                    assert!(!h.ch.lock().unwrap().has_held_command(), "{what}");
+                    assert!(h.irq(), "{what}: completes after the retry");
+                    let st = h.inb(REG_STATUS);
+                    assert_eq!(st & ERR, 0, "{what}: the guest never sees the error");
+                    if op == Op::Read {
+                        assert_eq!(st & DRQ, DRQ, "{what}");
+                        assert_eq!(h.insw(512), data, "{what}");
+                    }
+                    if op == Op::Write {
+                        assert_eq!(&d.data()[10 * 512..11 * 512], &data[..], "{what}");
+                    }
+                }
+            }
+        }
+    }
+}
