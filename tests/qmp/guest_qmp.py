@@ -211,11 +211,99 @@ async def scenario(con, q, images):
     await wait_console(con, "GUEST-END=")
 
 
+async def next_event(q, name, timeout=300):
+    """The next event called `name`, skipping others."""
+    while True:
+        ev = await asyncio.wait_for(q.events.get(), timeout)
+        if ev["event"] == name:
+            return ev
+
+
+async def go(q, n):
+    """The guest waits for the host between steps by watching the size of
+    a small signal disk (virtio2): the host grows it by 1 MiB per step."""
+    r, err, _ = await run(q, "block_resize", device="virtio2", size=(1 + n) << 20)
+    check(err is None, err)
+
+
+async def error_policies(con, q, images):
+    """Issue 12: injected faults and the four policies, from the host."""
+    # 1. werror=stop with EIO injected on writes, several writes in flight:
+    #    the VM stops (BLOCK_IO_ERROR then STOP, io-error, io-status
+    #    failed); clear; cont; every write succeeds.
+    await wait_console(con, "G-READY-STOP")
+    r, err, _ = await run(q, "x-block-error-inject", id="virtio0", operation="write", errno="EIO")
+    check(err is None, err)
+    blk = {b["device"]: b for b in await q.execute("query-block")}["virtio0"]
+    check(blk["x-inject"][0]["errno"] == "EIO", blk)
+    q.events.clear()
+    await go(q, 1)
+    ev = await next_event(q, "BLOCK_IO_ERROR")
+    check(ev["data"]["device"] == "virtio0" and ev["data"]["action"] == "stop" and ev["data"]["operation"] == "write", ev)
+    await next_event(q, "STOP", 60)
+    check(await status(q) == "io-error", "io-error")
+    blk = {b["device"]: b for b in await q.execute("query-block")}["virtio0"]
+    check(blk["io-status"] == "failed", blk)
+    r, err, _ = await run(q, "x-block-error-clear", id="virtio0")
+    check(err is None, err)
+    r, err, evs = await run(q, "cont")
+    check(err is None and "RESUME" in [e["event"] for e in evs], (err, evs))
+    await wait_console(con, "STOP-WRITES-DONE")
+
+    # 2. report and ignore, on writes and on reads (virtio1: werror and
+    #    rerror set by the guest's step via the command line: report).
+    for op in ("write", "read"):
+        await wait_console(con, f"G-READY-REPORT-{op.upper()}")
+        # Until cleared: a retry by the guest kernel fails too.
+        r, err, _ = await run(q, "x-block-error-inject", id="virtio1", operation=op, errno="EIO")
+        check(err is None, err)
+        await go(q, 2 if op == "write" else 3)
+        ev = await next_event(q, "BLOCK_IO_ERROR")
+        check(ev["data"]["device"] == "virtio1" and ev["data"]["action"] == "report" and ev["data"]["operation"] == op, ev)
+        await wait_console(con, f"REPORT-{op.upper()}-DONE")
+        r, err, _ = await run(q, "x-block-error-clear", id="virtio1")
+        check(err is None, err)
+        check(await status(q) == "running", "report never stops the VM")
+    for op in ("write", "read"):
+        await wait_console(con, f"G-READY-IGNORE-{op.upper()}")
+        r, err, _ = await run(q, "x-block-error-inject", id="virtio3", operation=op, errno="EIO", once=True)
+        check(err is None, err)
+        await go(q, 4 if op == "write" else 5)
+        ev = await next_event(q, "BLOCK_IO_ERROR")
+        check(ev["data"]["device"] == "virtio3" and ev["data"]["action"] == "ignore", ev)
+        await wait_console(con, f"IGNORE-{op.upper()}-DONE")
+
+    # 3. Latency: 2 s on virtio0's reads; virtio1 is not slowed.
+    await wait_console(con, "G-READY-SLOW")
+    r, err, _ = await run(q, "x-block-latency-inject", id="virtio0", operation="read", ms=2000)
+    check(err is None, err)
+    await go(q, 6)
+    await wait_console(con, "SLOW-DONE")
+    r, err, _ = await run(q, "x-block-error-clear", id="virtio0")
+    check(err is None, err)
+
+    # 4. stop/cont every few hundred milliseconds during heavy writes,
+    #    fifty times.
+    await wait_console(con, "G-READY-FLAP")
+    await go(q, 7)
+    for i in range(50):
+        await asyncio.sleep(0.2)
+        r, err, _ = await run(q, "stop")
+        check(err is None, err)
+        check(await status(q) == "paused", f"flap {i}")
+        await asyncio.sleep(0.1)
+        r, err, _ = await run(q, "cont")
+        check(err is None, err)
+    await go(q, 8)
+    await wait_console(con, "GUEST-END=")
+
+
 async def main():
     con = Console(SPEC["argv"], SPEC["env"])
     try:
         q = await connect(SPEC["qmp"])
-        await scenario(con, q, SPEC["images"])
+        scenarios = {"media_and_run_state": scenario, "error_policies": error_policies}
+        await scenarios[SPEC.get("scenario", "media_and_run_state")](con, q, SPEC["images"])
         try:
             await q.disconnect()
         except EOFError:

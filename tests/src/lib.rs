@@ -587,3 +587,73 @@ pub fn output_within(cmd: &mut Command, timeout: Duration) -> std::process::Outp
         ),
     }
 }
+
+/// A Python with the `qemu.qmp` package: `$VMM_PYTHON`, else the venv that
+/// resources/install-deps.sh makes (`~/.cache/rvmm/venv`), else `python3`.
+/// None when none has it (the QMP tests then say SKIPPED).
+pub fn python_with_qemu_qmp() -> Option<PathBuf> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("VMM_PYTHON") {
+        candidates.push(p.into());
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    if let Some(c) = cache {
+        candidates.push(c.join("rvmm/venv/bin/python3"));
+    }
+    candidates.push("python3".into());
+    candidates
+        .into_iter()
+        .find(|p| Command::new(p).args(["-c", "import qemu.qmp"]).output().is_ok_and(|o| o.status.success()))
+}
+
+/// The spec tests/qmp/guest_qmp.py reads: the scenario's command, its QMP
+/// socket, where the VMM sees the images and the work directory, which
+/// scenario to run. JSON written by hand (the values are paths and words).
+pub fn qmp_spec(s: &QmpScenario, scenario: &str, timeout: Duration) -> String {
+    let q = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
+    let argv: Vec<String> =
+        std::iter::once(s.command.get_program()).chain(s.command.get_args()).map(|a| q(&a.to_string_lossy())).collect();
+    let env: Vec<String> = s
+        .command
+        .get_envs()
+        .filter_map(|(k, v)| v.map(|v| format!("{}: {}", q(&k.to_string_lossy()), q(&v.to_string_lossy()))))
+        .collect();
+    let (images, work) = if hardware_kvm() {
+        (images().display().to_string(), s.work.display().to_string())
+    } else {
+        ("/images".to_string(), "/tmp/work".to_string())
+    };
+    format!(
+        "{{\"argv\": [{}], \"env\": {{{}}}, \"qmp\": {}, \"images\": {}, \"stop_iso\": {}, \"scenario\": {}, \"done\": \"{DONE_MARKER}\", \"timeout\": {}}}",
+        argv.join(", "),
+        env.join(", "),
+        q(&s.qmp_path.to_string_lossy()),
+        q(&images),
+        q(&format!("{work}/stop.iso")),
+        q(scenario),
+        timeout.as_secs()
+    )
+}
+
+/// Runs tests/qmp/guest_qmp.py on `scenario`'s spec; returns its console
+/// lines as a `Run` (every line it echoed as `CONSOLE: ...`) and its whole
+/// output for failure messages. Fails when the host side failed.
+pub fn run_qmp_guest(python: &Path, scenario: &QmpScenario, name: &str, timeout: Duration) -> (Run, String) {
+    let spec_path = scenario.work.join("spec.json");
+    std::fs::write(&spec_path, qmp_spec(scenario, name, timeout)).expect("writing the spec");
+    let mut cmd = Command::new(python);
+    cmd.arg(workspace_root().join("tests/qmp/guest_qmp.py")).arg(&spec_path);
+    let out = output_within(&mut cmd, timeout + Duration::from_secs(60));
+    let _ = std::fs::remove_dir_all(&scenario.work);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let run = Run {
+        lines: stdout.lines().filter_map(|l| l.strip_prefix("CONSOLE: ")).map(str::to_string).collect(),
+        elapsed: Duration::ZERO,
+    };
+    let log = format!("{stdout}\n--- stderr:\n{stderr}");
+    assert!(out.status.success() && stdout.contains("QMP-GUEST-PASSED"), "the host side failed:\n{log}");
+    (run, log)
+}

@@ -7,29 +7,8 @@
 //! without `qemu.qmp` in any of them, or without /dev/kvm, the test says
 //! SKIPPED and why.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-
-fn python_with_qemu_qmp() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(p) = std::env::var_os("VMM_PYTHON") {
-        candidates.push(p.into());
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-    if let Some(c) = cache {
-        candidates.push(c.join("rvmm/venv/bin/python3"));
-    }
-    candidates.push("python3".into());
-    candidates.into_iter().find(|p| {
-        Command::new(p)
-            .args(["-c", "import qemu.qmp"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
 
 #[test]
 fn qmp_with_qemu_qmp_against_a_paused_vmm() {
@@ -42,7 +21,7 @@ fn qmp_with_qemu_qmp_against_a_paused_vmm() {
         eprintln!("SKIPPED: /dev/kvm cannot be opened here");
         return;
     }
-    let Some(python) = python_with_qemu_qmp() else {
+    let Some(python) = e2e::python_with_qemu_qmp() else {
         eprintln!(
             "SKIPPED: no Python with the qemu.qmp package (resources/install-deps.sh installs it)"
         );

@@ -21,33 +21,11 @@
 //! `qmp-bridge` (e2e::qmp_scenario). Every guest command's exit status is
 //! checked (`e2e::Script`).
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use e2e::{md5_line, Run, Script};
+use e2e::{md5_line, Script};
 
 const TIMEOUT: Duration = Duration::from_secs(900);
-
-fn python_with_qemu_qmp() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Some(p) = std::env::var_os("VMM_PYTHON") {
-        candidates.push(p.into());
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
-    if let Some(c) = cache {
-        candidates.push(c.join("rvmm/venv/bin/python3"));
-    }
-    candidates.push("python3".into());
-    candidates.into_iter().find(|p| {
-        Command::new(p)
-            .args(["-c", "import qemu.qmp"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
 
 fn guest_script() -> Script {
     // Retries `cond` for up to a minute; the step's status is `last`'s.
@@ -127,7 +105,7 @@ fn guest_script() -> Script {
 
 #[test]
 fn qmp_drives_a_running_guest() {
-    let Some(python) = python_with_qemu_qmp() else {
+    let Some(python) = e2e::python_with_qemu_qmp() else {
         eprintln!(
             "SKIPPED: no Python with the qemu.qmp package (resources/install-deps.sh installs it)"
         );
@@ -163,34 +141,8 @@ fn qmp_drives_a_running_guest() {
         .ok("dd if=$WORK/small/vdb.raw of=$WORK/w bs=1M count=4 status=none")
         .line(md5_line("H-W-IMAGE", "$WORK/w"));
 
-    let scenario = e2e::qmp_scenario(
-        &h.text(),
-        std::path::Path::new(env!("CARGO_BIN_EXE_qmp-bridge")),
-    );
-    let nested = !e2e::hardware_kvm();
-    let spec = serde_like_json(&scenario, nested);
-    let spec_path = scenario.work.join("spec.json");
-    std::fs::write(&spec_path, spec).expect("writing the spec");
-    let mut cmd = Command::new(&python);
-    cmd.arg(e2e::workspace_root().join("tests/qmp/guest_qmp.py"))
-        .arg(&spec_path);
-    let out = e2e::output_within(&mut cmd, TIMEOUT + Duration::from_secs(60));
-    let _ = std::fs::remove_dir_all(&scenario.work);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let run = Run {
-        lines: stdout
-            .lines()
-            .filter_map(|l| l.strip_prefix("CONSOLE: "))
-            .map(str::to_string)
-            .collect(),
-        elapsed: Duration::ZERO,
-    };
-    let log = format!("{stdout}\n--- stderr:\n{stderr}");
-    assert!(
-        out.status.success() && stdout.contains("QMP-GUEST-PASSED"),
-        "the host side failed:\n{log}"
-    );
+    let scenario = e2e::qmp_scenario(&h.text(), std::path::Path::new(env!("CARGO_BIN_EXE_qmp-bridge")));
+    let (run, log) = e2e::run_qmp_guest(&python, &scenario, "media_and_run_state", TIMEOUT);
     h.check(&run);
     g.check(&run);
     let v = |k: &str| run.value(k).unwrap_or_else(|| panic!("no {k}=\n{log}"));
@@ -220,38 +172,4 @@ fn qmp_drives_a_running_guest() {
         "qmp guest: {reads} good reads and {} errors during 100 media changes",
         v("CHANGE-ERRS")
     );
-}
-
-/// The spec for guest_qmp.py, as JSON (no serde in this crate: the values
-/// are paths and words, escaped here).
-fn serde_like_json(s: &e2e::QmpScenario, nested: bool) -> String {
-    let q = |v: &str| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""));
-    let argv: Vec<String> = std::iter::once(s.command.get_program())
-        .chain(s.command.get_args())
-        .map(|a| q(&a.to_string_lossy()))
-        .collect();
-    let env: Vec<String> = s
-        .command
-        .get_envs()
-        .filter_map(|(k, v)| {
-            v.map(|v| format!("{}: {}", q(&k.to_string_lossy()), q(&v.to_string_lossy())))
-        })
-        .collect();
-    let (images, work) = if nested {
-        ("/images".to_string(), "/tmp/work".to_string())
-    } else {
-        (
-            e2e::images().display().to_string(),
-            s.work.display().to_string(),
-        )
-    };
-    format!(
-        "{{\"argv\": [{}], \"env\": {{{}}}, \"qmp\": {}, \"images\": {}, \"stop_iso\": {}, \"done\": \"E2E-SCENARIO-DONE\", \"timeout\": {}}}",
-        argv.join(", "),
-        env.join(", "),
-        q(&s.qmp_path.to_string_lossy()),
-        q(&images),
-        q(&format!("{work}/stop.iso")),
-        TIMEOUT.as_secs()
-    )
 }
