@@ -1,8 +1,9 @@
 //! Issue 12 in the real guest, driven from the host with qemu.qmp
 //! (tests/qmp/guest_qmp.py, scenario `error_policies`), in one boot with
-//! four virtio disks: vda werror=stop,rerror=stop; vdb report; vdc the
+//! five virtio disks: vda werror=stop,rerror=stop; vdb report; vdc the
 //! signal disk (it carries this script, and the host grows it by 1 MiB to
-//! tell the guest to go on); vdd ignore.
+//! tell the guest to go on); vdd ignore; vde werror=enospc; and an IDE
+//! disk (rerror=stop) and the CD-ROM.
 //! 1. EIO injected on vda's writes while four `dd oflag=direct` write a
 //!    pattern: BLOCK_IO_ERROR then STOP, io-error, io-status failed; the
 //!    host clears the rule and says cont; every write succeeds, and the
@@ -12,6 +13,11 @@
 //! 3. 2 s of latency on vda's reads: one block takes at least 2 s while a
 //!    read of vdb meanwhile is fast.
 //! 4. stop/cont fifty times during heavy writes: the data is intact.
+//! 5. werror=enospc on a real ENOSPC (vde's image on a full tmpfs in L1):
+//!    the VM stops with nospace, L1 frees space, cont, the data is
+//!    intact; an EIO on the same drive is reported instead.
+//! 6. rerror=stop on the IDE disk (stop, clear, cont, the right data) and
+//!    rerror=report on the CD-ROM (the guest's read fails).
 
 use std::time::Duration;
 
@@ -82,6 +88,34 @@ fn guest_script() -> Script {
         .line("echo FLAP-ERRORS=$ferr")
         .ok_as("FLAP-RB", "dd if=/dev/vda of=/tmp/fb bs=1M skip=16 count=8 iflag=direct status=none")
         .line(md5_line("FLAP-RB", "/tmp/fb"))
+        // 5. werror=enospc on a real ENOSPC (vde on a full tmpfs in L1):
+        //    stops; L1 frees space; cont; the data is intact. An EIO on the
+        //    same drive is reported instead.
+        .ok("yes enospc | head -c 4194304 >/tmp/e")
+        .line(md5_line("E", "/tmp/e"))
+        .line("echo G-READY-ENOSPC")
+        .ok_as("GO8", go(10))
+        .ok_as("E-WRITE", "dd if=/tmp/e of=/dev/vde bs=1M oflag=direct status=none")
+        .ok_as("E-READ", "dd if=/dev/vde of=/tmp/er bs=1M count=4 iflag=direct status=none")
+        .line(md5_line("ER", "/tmp/er"))
+        .line("echo ENOSPC-DONE")
+        .line("echo G-READY-ENOSPC-EIO")
+        .ok_as("GO9", go(11))
+        .fails_as("E-EIO", "dd if=/tmp/e of=/dev/vde bs=4k count=1 oflag=direct status=none")
+        .line("echo ENOSPC-EIO-DONE")
+        // 6. rerror=stop on the IDE disk; rerror=report on the CD-ROM.
+        .ok_as("IDE-PREP", "dd if=/tmp/p of=/dev/sda bs=64k count=1 oflag=direct status=none")
+        .ok("head -c 65536 /tmp/p >/tmp/p64")
+        .line(md5_line("P64", "/tmp/p64"))
+        .line("echo G-READY-IDE")
+        .ok_as("GO10", go(12))
+        .ok_as("IDE-R", "dd if=/dev/sda of=/tmp/ir bs=64k count=1 iflag=direct status=none")
+        .line(md5_line("IR", "/tmp/ir"))
+        .line("echo IDE-DONE")
+        .line("echo G-READY-CD")
+        .ok_as("GO11", go(13))
+        .fails_as("CD-R", "dd if=/dev/sr0 of=/dev/null bs=2048 count=1 iflag=direct status=none")
+        .line("echo CD-DONE")
         .line("echo GUEST-END=$((40+2))");
     g
 }
@@ -98,6 +132,11 @@ fn injected_faults_and_the_four_policies_in_a_running_guest() {
     let run_cmd = format!("head -c {} /dev/vdc >/tmp/g.sh; sh /tmp/g.sh", script.len());
     let mut h = Script::host("H");
     h.ok("truncate -s 64M $WORK/stop.raw")
+        .ok("truncate -s 16M $WORK/hd.raw")
+        .ok("mkdir -p $WORK/small")
+        .ok("mount -t tmpfs -o size=8m tmpfs $WORK/small")
+        .ok("head -c 6291456 /dev/zero >$WORK/small/filler")
+        .ok("truncate -s 64M $WORK/small/enospc.raw")
         .ok("truncate -s 16M $WORK/report.raw")
         .ok("truncate -s 16M $WORK/ignore.raw")
         .ok("truncate -s 1M $WORK/signal.raw")
@@ -109,9 +148,16 @@ fn injected_faults_and_the_four_policies_in_a_running_guest() {
              --drive if=virtio,file=$WORK/report.raw,werror=report,rerror=report \
              --drive if=virtio,file=$WORK/signal.raw \
              --drive if=virtio,file=$WORK/ignore.raw,werror=ignore,rerror=ignore \
+             --drive if=virtio,file=$WORK/small/enospc.raw,werror=enospc \
+             --drive if=ide,file=$WORK/hd.raw,rerror=stop --cdrom $IMAGES/cd.iso \
              --qmp $QMP --cmdline 'console=ttyS0 panic=-1 quiet run=\"{run_cmd}\"' </dev/null 2>$WORK/err &"
         ))
         .line("vmm=$!")
+        // Frees the space once vde's write has failed for lack of it.
+        .line(
+            "( n=0; until grep -q \"virtio4.*No space left\" $WORK/err; do n=$((n+1)); [ $n -gt 3000 ] && exit 1; sleep 0.2; done; \
+             rm -f $WORK/small/filler; echo L1-SPACE-FREED ) &",
+        )
         .line("qmp_bridge $QMP")
         .line("wait $vmm; echo H-VMM-RC=$?")
         .ok("sed 's/^/VMM-ERR: /' $WORK/err")
@@ -136,5 +182,7 @@ fn injected_faults_and_the_four_policies_in_a_running_guest() {
     assert_eq!(v("FLAP-ERRORS"), "0", "{log}");
     assert_eq!(run.md5("FLAP-RB"), run.md5("P"), "data written across the stops\n{log}");
     assert_eq!(run.md5("H-FLAP-IMG"), run.md5("P"), "{log}");
+    assert_eq!(run.md5("ER"), run.md5("E"), "enospc: data after cont\n{log}");
+    assert_eq!(run.md5("IR"), run.md5("P64"), "IDE read after cont\n{log}");
     eprintln!("qmp policies: slow read {slow} cs, other drive {fast} cs, {} write rounds across 50 stops", v("FLAP-ROUNDS"));
 }
