@@ -1002,3 +1002,55 @@ fn every_policy_for_every_ata_operation_and_errno() {
         }
     }
 }
+
+/// rerror on the CD-ROM (its only operation is a read): report gives the
+/// guest ILLEGAL REQUEST / 0x21, ignore the data, stop holds the command
+/// until a resume retries it (held again if it fails again).
+#[test]
+fn every_read_policy_on_the_cd_rom() {
+    use block::IoStatus;
+    for policy in [OnError::Report, OnError::Ignore, OnError::Stop] {
+        for errno in [libc::EIO, libc::ENOSPC] {
+            for failures in [1u32, 2] {
+                let what = format!("{policy:?} errno {errno} x{failures}");
+                let (_, d) = iso_backend("x", 16);
+                let inj = Arc::new(InjectDriver::new(d));
+                let b = Arc::new(BlockBackend::new("cd0"));
+                b.insert_medium(inj.clone(), "cd.iso").unwrap();
+                b.set_on_error(policy, OnError::Report).unwrap();
+                b.iostatus_enable();
+                let h = Host::new(cd(&b), None);
+                h.select(0);
+                // Clear the power-on UNIT ATTENTION first.
+                sense(&h);
+                inj.add_rule(Rule { op: Some(Op::Read), sectors: None, errno, count: Count::Times(failures) });
+                h.inb(REG_STATUS);
+                h.outb(REG_LCYL, 0);
+                h.outb(REG_HCYL, 8);
+                h.outb(REG_STATUS, 0xa0);
+                h.outsw(&[0x28, 0, 0, 0, 0, 2, 0, 0, 1, 0, 0, 0]);
+                if policy != OnError::Stop {
+                    assert!(h.irq(), "{what}");
+                    let st = h.inb(REG_STATUS);
+                    if policy == OnError::Report {
+                        assert_eq!(st & ERR, ERR, "{what}: reported");
+                        assert_eq!(sense(&h), (5, 0x21, 0), "{what}");
+                    } else {
+                        assert_eq!(st & (ERR | DRQ), DRQ, "{what}: ignored, data phase");
+                    }
+                    continue;
+                }
+                let want = if errno == libc::ENOSPC { IoStatus::NoSpace } else { IoStatus::Failed };
+                for round in 0..failures {
+                    assert!(h.ch.lock().unwrap().has_held_command() && !h.irq(), "{what}: held in round {round}");
+                    assert_eq!(b.iostatus(), Some(want), "{what}");
+                    b.iostatus_reset();
+                    h.ch.lock().unwrap().resume();
+                }
+                assert!(h.irq(), "{what}");
+                assert_eq!(h.inb(REG_STATUS), DRDY | DSC | DRQ, "{what}");
+                assert_eq!(h.insw(2048), iso_sector(2), "{what}");
+            }
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use block::drivers::inject::{Count, InjectDriver, Rule};
 use block::drivers::raw::RawFile;
 use block::testing::TestDisk;
-use block::{AioEngine, BlockBackend, BlockEvent, CacheMode, ErrorAction, OnError, Op};
+use block::{AioEngine, BlockBackend, BlockEvent, CacheMode, DiscardMode, ErrorAction, OnError, Op};
 use devices::virtio::block::QUEUE_SIZE;
 use devices::virtio::testing::*;
 use virtio_bindings::virtio_blk::*;
@@ -517,15 +517,20 @@ fn a_device_reset_drops_held_requests_and_counts_them() {
     assert_eq!((d.handle.held_requests(), d.handle.dropped_requests()), (0, 2));
 }
 
-/// QEMU's four policies on virtio-blk for every operation and both
-/// errnos, with a retry that fails again under stop: report gives the
+/// QEMU's four policies on virtio-blk for every operation (discard
+/// counts as a write) and both errnos, with a retry that fails again under stop: report gives the
 /// guest an error, ignore a success, stop (and enospc on ENOSPC) holds the
 /// request with the matching iostatus until a resume, which retries it
 /// (and holds it again if it fails again); enospc on another errno reports.
 #[test]
 fn every_policy_for_every_operation_and_errno() {
     use block::IoStatus;
-    let ops = [(Op::Read, VIRTIO_BLK_T_IN), (Op::Write, VIRTIO_BLK_T_OUT), (Op::Flush, VIRTIO_BLK_T_FLUSH)];
+    let ops = [
+        (Op::Read, VIRTIO_BLK_T_IN),
+        (Op::Write, VIRTIO_BLK_T_OUT),
+        (Op::Flush, VIRTIO_BLK_T_FLUSH),
+        (Op::Discard, VIRTIO_BLK_T_DISCARD),
+    ];
     let policies = [OnError::Report, OnError::Ignore, OnError::Stop, OnError::Enospc];
     for (op, ty) in ops {
         for policy in policies {
@@ -543,6 +548,8 @@ fn every_policy_for_every_operation_and_errno() {
                     let (r, w) = if op == Op::Read { (policy, OnError::Report) } else { (OnError::Report, policy) };
                     b.set_on_error(r, w).unwrap();
                     b.iostatus_enable();
+                    // discard=ignore (the default) would never reach the disk.
+                    b.set_discard(DiscardMode::Unmap);
                     let errors = Arc::new(std::sync::atomic::AtomicU32::new(0));
                     let e2 = errors.clone();
                     b.set_event_sink(Some(Box::new(move |_| {
@@ -554,6 +561,8 @@ fn every_policy_for_every_operation_and_errno() {
                     let req = match op {
                         Op::Read => d.request(ty, 8, &[], 4096),
                         Op::Write => d.request(ty, 8, &data, 0),
+                        // One discard segment: sector 8, 8 sectors, flags 0.
+                        Op::Discard => d.request(ty, 0, &[8, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0], 0),
                         _ => d.request(ty, 0, &[], 0),
                     };
                     d.notify();
@@ -588,4 +597,33 @@ fn every_policy_for_every_operation_and_errno() {
             }
         }
     }
+}
+
+/// When one drive stops the VM, a request in flight on another drive
+/// completes normally: stop drains it, it is not dropped or held.
+#[test]
+fn a_request_in_flight_on_another_drive_completes_through_a_stop() {
+    use block::drivers::inject::Latency;
+    let disk = TestDisk::new(DISK as usize, true);
+    let inject = Arc::new(InjectDriver::new(disk.clone()));
+    inject.add_latency(Latency { op: Some(Op::Write), sectors: None, delay: Duration::from_millis(200) });
+    let b = Arc::new(BlockBackend::new("other"));
+    b.insert_medium(inject, "slow").unwrap();
+    let mut d = Driver::new(b.clone(), AioEngine::IoUring, None);
+    d.init(0);
+    let a = pattern(9, 4096);
+    let w = d.request(VIRTIO_BLK_T_OUT, 8, &a, 0);
+    d.notify();
+    let until = Instant::now() + WAIT;
+    while b.in_flight() == 0 {
+        assert!(Instant::now() < until, "never in flight");
+        std::thread::yield_now();
+    }
+    // What the VMM's stop does to every drive: stop taking, drain, flush.
+    d.handle.vm_stop();
+    assert!(BlockBackend::drain_all_for(std::slice::from_ref(&b), WAIT).is_empty());
+    d.wait_used(1);
+    assert_eq!(d.status(w), S_OK);
+    assert_eq!(&disk.data()[4096..8192], &a[..]);
+    d.handle.resume();
 }
