@@ -31,7 +31,7 @@ pub enum Error {
     #[error("KVM {0}: {1}")]
     Kvm(&'static str, kvm_ioctls::Error),
     #[error("cannot allocate {0} bytes of guest memory: {1}")]
-    GuestMemory(u64, vm_memory::mmap::FromRangesError),
+    GuestMemory(u64, String),
     #[error(transparent)]
     Boot(#[from] boot::BootError),
     #[error(transparent)]

@@ -78,8 +78,68 @@ pub fn ram_regions(size: u64) -> Vec<(GuestAddress, usize)> {
     regions
 }
 
-pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, vm_memory::mmap::FromRangesError> {
-    GuestMemoryMmap::from_ranges(&ram_regions(size))
+/// Huge-page size on x86: guest RAM is aligned to it in host memory.
+const HUGE_PAGE: usize = 2 << 20;
+
+/// Anonymous memory of `len` bytes whose host address is 2 MiB aligned and
+/// advised for transparent huge pages, so that KVM can map the guest's RAM
+/// with 2 MiB pages (host address and guest address congruent modulo
+/// 2 MiB; guest RAM regions start on 2 MiB boundaries). With 4 KiB pages
+/// every first touch of guest memory is a fault KVM must service, and
+/// nested under TCG each costs thousands of instructions: this halved the
+/// boot (issue 13; QEMU aligns and advises its RAM the same way). Linux
+/// only aligns large anonymous mappings by itself from 6.7 on.
+///
+/// The mapping is never unmapped: guest RAM lives as long as the VM, which
+/// is the process (vm-memory does not own raw mappings, and clones of the
+/// guest memory are held by device threads until the end).
+fn map_aligned(len: usize) -> std::io::Result<*mut u8> {
+    let total = len.checked_add(HUGE_PAGE).ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENOMEM))?;
+    // SAFETY: a fresh private anonymous mapping; no existing memory is
+    // touched, and the parts trimmed below are parts of this mapping.
+    unsafe {
+        let base = libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        );
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let start = base as usize;
+        let aligned = (start + HUGE_PAGE - 1) & !(HUGE_PAGE - 1);
+        if aligned > start {
+            libc::munmap(base, aligned - start);
+        }
+        let end = aligned + len;
+        if start + total > end {
+            libc::munmap(end as *mut libc::c_void, start + total - end);
+        }
+        // Advice only: without THP (or with it off) the memory still works.
+        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        Ok(aligned as *mut u8)
+    }
+}
+
+pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, String> {
+    use vm_memory::mmap::MmapRegionBuilder;
+    use vm_memory::GuestRegionMmap;
+    let mut regions = Vec::new();
+    for (gpa, len) in ram_regions(size) {
+        let ptr = map_aligned(len).map_err(|e| e.to_string())?;
+        // SAFETY: `ptr` starts a live mapping of `len` bytes that nothing
+        // else uses and that is never unmapped (see map_aligned).
+        let region = unsafe { MmapRegionBuilder::new(len).with_raw_mmap_pointer(ptr) }
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| e.to_string())?;
+        regions.push(GuestRegionMmap::new(region, gpa).ok_or_else(|| "guest region overflows".to_string())?);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| e.to_string())
 }
 
 /// E820 entry types.
@@ -104,6 +164,19 @@ pub fn e820_map(size: u64) -> Vec<(u64, u64, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_ram_is_huge_page_aligned_in_host_memory() {
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let mem = create_guest_memory((3u64 << 30) + (6 << 20)).unwrap();
+        let mut n = 0;
+        for r in mem.iter() {
+            assert_eq!(r.as_ptr() as usize % HUGE_PAGE, 0);
+            assert_eq!(r.start_addr().0 % HUGE_PAGE as u64, 0);
+            n += 1;
+        }
+        assert_eq!(n, 1 + usize::from((3u64 << 30) + (6 << 20) > MMIO_HOLE_START));
+    }
 
     #[test]
     fn small_guest_has_one_region() {
