@@ -606,23 +606,18 @@ impl BlockBackend {
     /// section (as QEMU's qmp_block_resize) so that no request straddles
     /// it; the device is told (`BlockDevOps::resize`).
     pub fn resize(&self, size: u64) -> IoResult<()> {
-        self.drained(|| {
-            let drv = self.driver()?;
-            if self.st().read_only {
-                return Err(Errno::EACCES);
-            }
-            drv.truncate(size)?;
-            if let Some(d) = self.dev() {
-                d.resize();
-            }
-            Ok(())
-        })
+        self.drained(|| self.set_size(&*self.driver()?, size))
     }
 
     pub fn truncate(&self, size: u64) -> IoResult<()> {
         self.drain.enter_blocking();
         let _leave = Guard(|| self.drain.leave(1));
-        let drv = self.available_driver()?;
+        self.set_size(&*self.available_driver()?, size)
+    }
+
+    /// The size change itself, for `resize` and `truncate`: refused on a
+    /// read-only drive; the device is told.
+    fn set_size(&self, drv: &dyn BlockDriver, size: u64) -> IoResult<()> {
         if self.st().read_only {
             return Err(Errno::EACCES);
         }
