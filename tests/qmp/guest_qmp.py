@@ -113,12 +113,23 @@ async def run(q, cmd, **args):
     return r, err, q.events.clear()
 
 
+async def ex(q, cmd, args=None):
+    """A command whose reply must come within two minutes (a stalled link
+    fails the test with its step instead of hanging it)."""
+    return await asyncio.wait_for(q.execute(cmd, args), 120)
+
+
+def step(what):
+    """Progress on stdout, so that a failure shows how far the host got."""
+    print(f"HOST-STEP: {what}", flush=True)
+
+
 def trays(events):
     return [(e["data"]["device"], e["data"]["tray-open"]) for e in events if e["event"] == "DEVICE_TRAY_MOVED"]
 
 
 async def status(q):
-    return (await q.execute("query-status"))["status"]
+    return (await ex(q, "query-status"))["status"]
 
 
 async def scenario(con, q, images):
@@ -127,6 +138,7 @@ async def scenario(con, q, images):
 
     # 1. A medium change while the guest runs: it read CD one; it finds
     #    CD two once the host has changed it.
+    step("1: A medium change while the guest runs: it read CD o")
     await wait_console(con, "G-WAIT-CHANGE")
     r, err, evs = await run(q, "blockdev-change-medium", device=cd, filename=two, format="raw")
     check(err is None, err)
@@ -136,6 +148,7 @@ async def scenario(con, q, images):
     # 2. The guest locks the door: eject without force fails with QEMU's
     #    message and the guest is asked (it sees the eject request); with
     #    force the tray opens and the guest finds no medium.
+    step("2: The guest locks the door: eject without force fail")
     await wait_console(con, "G-LOCKED")
     r, err, evs = await run(q, "eject", device=cd)
     check(err == f"Device '{cd}' is locked and force was not specified, wait for tray to open and try again", err)
@@ -144,11 +157,12 @@ async def scenario(con, q, images):
     r, err, evs = await run(q, "eject", device=cd, force=True)
     check(err is None, err)
     check(trays(evs) == [(cd, True)], evs)
-    blk = {b["device"]: b for b in await q.execute("query-block")}[cd]
+    blk = {b["device"]: b for b in await ex(q, "query-block")}[cd]
     check(blk["tray_open"] is True and "inserted" not in blk and blk["locked"] is False, blk)
     await wait_console(con, "G-NOMEDIUM-DONE")
 
     # 3. stop/cont: the guest's clock-driven ticks stall, then go on.
+    step("3: stop/cont: the guest's clock-driven ticks stall, t")
     i, _ = await wait_console(con, "TICK=3")
     r, err, evs = await run(q, "stop")
     check(err is None and [e["event"] for e in evs] == ["STOP"], (err, evs))
@@ -163,12 +177,14 @@ async def scenario(con, q, images):
     await wait_console(con, "TICK=", after=len(con.lines) - 1, timeout=60)
 
     # 4. block_resize on the virtio disk: the guest sees the new size.
+    step("4: block_resize on the virtio disk: the guest sees th")
     await wait_console(con, "G-RESIZE-WAIT")
     r, err, evs = await run(q, "block_resize", device="virtio0", size=32 << 20)
     check(err is None, err)
     await wait_console(con, "VDA-SECTORS=")
 
     # 5. A hundred media changes while the guest reads the CD in a loop.
+    step("5: A hundred media changes while the guest reads the")
     r, err, evs = await run(q, "blockdev-change-medium", device=cd, filename=one)
     check(err is None, err)
     await wait_console(con, "G-CHANGES-START")
@@ -194,19 +210,20 @@ async def scenario(con, q, images):
     #    The queue is not cleared here: the error may have come in before
     #    the console line above (they travel separately); events before it
     #    were taken by the last command.
+    step("6: werror=stop on a real ENOSPC: BLOCK_IO_ERROR then")
     ev = await asyncio.wait_for(q.events.get(), 300)
     check(ev["event"] == "BLOCK_IO_ERROR", ev)
     check(ev["data"]["device"] == "virtio1" and ev["data"]["action"] == "stop" and ev["data"]["nospace"] is True, ev)
     ev = await asyncio.wait_for(q.events.get(), 60)
     check(ev["event"] == "STOP", ev)
     check(await status(q) == "io-error", "query-status after the error")
-    blk = {b["device"]: b for b in await q.execute("query-block")}["virtio1"]
+    blk = {b["device"]: b for b in await ex(q, "query-block")}["virtio1"]
     check(blk["io-status"] == "nospace", blk)
     await wait_console(con, "L1-SPACE-FREED")
     r, err, evs = await run(q, "cont")
     check(err is None, err)
     check("RESUME" in [e["event"] for e in evs], evs)
-    blk = {b["device"]: b for b in await q.execute("query-block")}["virtio1"]
+    blk = {b["device"]: b for b in await ex(q, "query-block")}["virtio1"]
     check(blk["io-status"] == "ok", blk)
     await wait_console(con, "GUEST-END=")
 
@@ -231,10 +248,11 @@ async def error_policies(con, q, images):
     # 1. werror=stop with EIO injected on writes, several writes in flight:
     #    the VM stops (BLOCK_IO_ERROR then STOP, io-error, io-status
     #    failed); clear; cont; every write succeeds.
+    step("1: werror=stop with EIO injected on writes, several w")
     await wait_console(con, "G-READY-STOP")
     r, err, _ = await run(q, "x-block-error-inject", id="virtio0", operation="write", errno="EIO")
     check(err is None, err)
-    blk = {b["device"]: b for b in await q.execute("query-block")}["virtio0"]
+    blk = {b["device"]: b for b in await ex(q, "query-block")}["virtio0"]
     check(blk["x-inject"][0]["errno"] == "EIO", blk)
     q.events.clear()
     await go(q, 1)
@@ -242,7 +260,7 @@ async def error_policies(con, q, images):
     check(ev["data"]["device"] == "virtio0" and ev["data"]["action"] == "stop" and ev["data"]["operation"] == "write", ev)
     await next_event(q, "STOP", 60)
     check(await status(q) == "io-error", "io-error")
-    blk = {b["device"]: b for b in await q.execute("query-block")}["virtio0"]
+    blk = {b["device"]: b for b in await ex(q, "query-block")}["virtio0"]
     check(blk["io-status"] == "failed", blk)
     r, err, _ = await run(q, "x-block-error-clear", id="virtio0")
     check(err is None, err)
@@ -252,6 +270,7 @@ async def error_policies(con, q, images):
 
     # 2. report and ignore, on writes and on reads (virtio1: werror and
     #    rerror set by the guest's step via the command line: report).
+    step("2: report and ignore, on writes and on reads (virtio1")
     for op in ("write", "read"):
         await wait_console(con, f"G-READY-REPORT-{op.upper()}")
         # Until cleared: a retry by the guest kernel fails too.
@@ -274,6 +293,7 @@ async def error_policies(con, q, images):
         await wait_console(con, f"IGNORE-{op.upper()}-DONE")
 
     # 3. Latency: 2 s on virtio0's reads; virtio1 is not slowed.
+    step("3: Latency: 2 s on virtio0's reads; virtio1 is not sl")
     await wait_console(con, "G-READY-SLOW")
     r, err, _ = await run(q, "x-block-latency-inject", id="virtio0", operation="read", ms=2000)
     check(err is None, err)
@@ -284,6 +304,7 @@ async def error_policies(con, q, images):
 
     # 4. stop/cont every few hundred milliseconds during heavy writes,
     #    fifty times.
+    step("4: stop/cont every few hundred milliseconds during he")
     await wait_console(con, "G-READY-FLAP")
     await go(q, 7)
     for i in range(50):
@@ -298,6 +319,7 @@ async def error_policies(con, q, images):
 
     # 5. werror=enospc: a real ENOSPC stops the VM (nospace); L1 frees the
     #    space; cont. An EIO on the same drive is reported.
+    step("5: werror=enospc: a real ENOSPC stops the VM (nospace")
     await wait_console(con, "G-READY-ENOSPC")
     q.events.clear()
     await go(q, 9)
@@ -305,7 +327,7 @@ async def error_policies(con, q, images):
     check(ev["data"]["device"] == "virtio4" and ev["data"]["action"] == "stop" and ev["data"]["nospace"] is True, ev)
     await next_event(q, "STOP", 60)
     check(await status(q) == "io-error", "enospc: io-error")
-    blk = {b["device"]: b for b in await q.execute("query-block")}["virtio4"]
+    blk = {b["device"]: b for b in await ex(q, "query-block")}["virtio4"]
     check(blk["io-status"] == "nospace", blk)
     await wait_console(con, "L1-SPACE-FREED")
     r, err, _ = await run(q, "cont")
@@ -322,6 +344,7 @@ async def error_policies(con, q, images):
     check(err is None and await status(q) == "running", err)
 
     # 6. rerror=stop on the IDE disk; rerror=report on the CD-ROM.
+    step("6: rerror=stop on the IDE disk; rerror=report on the")
     await wait_console(con, "G-READY-IDE")
     r, err, _ = await run(q, "x-block-error-inject", id="ide0-hd0", operation="read", errno="EIO")
     check(err is None, err)
