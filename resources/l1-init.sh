@@ -7,8 +7,10 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# /tmp stays the initramfs's own (already RAM, and writable): a tmpfs over
+# it would hide the files the harness put there at their host paths (a
+# checkout under /tmp puts its test helpers there, e.g. qmp-bridge).
 mkdir -p /tmp /run
-mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 for m in irqbypass kvm kvm-amd; do
     insmod "/lib/modules/$m.ko" || echo "L1: could not load $m"
