@@ -119,6 +119,18 @@ async def ex(q, cmd, args=None):
     return await asyncio.wait_for(q.execute(cmd, args), 120)
 
 
+async def ok(q, cmd, **args):
+    """A command that must succeed; the events it caused."""
+    r, err, evs = await run(q, cmd, **args)
+    check(err is None, f"{cmd} {args}: {err}")
+    return evs
+
+
+async def block(q, device):
+    """`device`'s entry in query-block."""
+    return {b["device"]: b for b in await ex(q, "query-block")}[device]
+
+
 def step(what):
     """Progress on stdout, so that a failure shows how far the host got."""
     print(f"HOST-STEP: {what}", flush=True)
@@ -140,8 +152,7 @@ async def scenario(con, q, images):
     #    CD two once the host has changed it.
     step("1: A medium change while the guest runs: it read CD o")
     await wait_console(con, "G-WAIT-CHANGE")
-    r, err, evs = await run(q, "blockdev-change-medium", device=cd, filename=two, format="raw")
-    check(err is None, err)
+    evs = await ok(q, "blockdev-change-medium", device=cd, filename=two, format="raw")
     check(trays(evs) == [(cd, True), (cd, False)], evs)
     await wait_console(con, "TWO=")
 
@@ -154,10 +165,9 @@ async def scenario(con, q, images):
     check(err == f"Device '{cd}' is locked and force was not specified, wait for tray to open and try again", err)
     check(trays(evs) == [], evs)
     await wait_console(con, "GESN-EVENT=")
-    r, err, evs = await run(q, "eject", device=cd, force=True)
-    check(err is None, err)
+    evs = await ok(q, "eject", device=cd, force=True)
     check(trays(evs) == [(cd, True)], evs)
-    blk = {b["device"]: b for b in await ex(q, "query-block")}[cd]
+    blk = await block(q, cd)
     check(blk["tray_open"] is True and "inserted" not in blk and blk["locked"] is False, blk)
     await wait_console(con, "G-NOMEDIUM-DONE")
 
@@ -179,14 +189,12 @@ async def scenario(con, q, images):
     # 4. block_resize on the virtio disk: the guest sees the new size.
     step("4: block_resize on the virtio disk: the guest sees th")
     await wait_console(con, "G-RESIZE-WAIT")
-    r, err, evs = await run(q, "block_resize", device="virtio0", size=32 << 20)
-    check(err is None, err)
+    evs = await ok(q, "block_resize", device="virtio0", size=32 << 20)
     await wait_console(con, "VDA-SECTORS=")
 
     # 5. A hundred media changes while the guest reads the CD in a loop.
     step("5: A hundred media changes while the guest reads the")
-    r, err, evs = await run(q, "blockdev-change-medium", device=cd, filename=one)
-    check(err is None, err)
+    evs = await ok(q, "blockdev-change-medium", device=cd, filename=one)
     await wait_console(con, "G-CHANGES-START")
     failed = []
     for n in range(100):
@@ -201,8 +209,7 @@ async def scenario(con, q, images):
             await wait_console(con, "READ-OK=", after=mark, timeout=120)
     check(failed == [], f"{len(failed)} changes failed: {failed[:3]}")
     # The last medium reads as zeros: the guest's signal to stop reading.
-    r, err, evs = await run(q, "blockdev-change-medium", device=cd, filename=SPEC["stop_iso"])
-    check(err is None, err)
+    evs = await ok(q, "blockdev-change-medium", device=cd, filename=SPEC["stop_iso"])
     await wait_console(con, "CHANGE-READS=")
 
     # 6. werror=stop on a real ENOSPC: BLOCK_IO_ERROR then STOP, io-error;
@@ -217,13 +224,12 @@ async def scenario(con, q, images):
     ev = await asyncio.wait_for(q.events.get(), 60)
     check(ev["event"] == "STOP", ev)
     check(await status(q) == "io-error", "query-status after the error")
-    blk = {b["device"]: b for b in await ex(q, "query-block")}["virtio1"]
+    blk = await block(q, "virtio1")
     check(blk["io-status"] == "nospace", blk)
     await wait_console(con, "L1-SPACE-FREED")
-    r, err, evs = await run(q, "cont")
-    check(err is None, err)
+    evs = await ok(q, "cont")
     check("RESUME" in [e["event"] for e in evs], evs)
-    blk = {b["device"]: b for b in await ex(q, "query-block")}["virtio1"]
+    blk = await block(q, "virtio1")
     check(blk["io-status"] == "ok", blk)
     await wait_console(con, "GUEST-END=")
 
@@ -239,8 +245,7 @@ async def next_event(q, name, timeout=300):
 async def go(q, n):
     """The guest waits for the host between steps by watching the size of
     a small signal disk (virtio2): the host grows it by 1 MiB per step."""
-    r, err, _ = await run(q, "block_resize", device="virtio2", size=(1 + n) << 20)
-    check(err is None, err)
+    await ok(q, "block_resize", device="virtio2", size=(1 + n) << 20)
 
 
 async def error_policies(con, q, images):
@@ -250,9 +255,8 @@ async def error_policies(con, q, images):
     #    failed); clear; cont; every write succeeds.
     step("1: werror=stop with EIO injected on writes, several w")
     await wait_console(con, "G-READY-STOP")
-    r, err, _ = await run(q, "x-block-error-inject", id="virtio0", operation="write", errno="EIO")
-    check(err is None, err)
-    blk = {b["device"]: b for b in await ex(q, "query-block")}["virtio0"]
+    await ok(q, "x-block-error-inject", id="virtio0", operation="write", errno="EIO")
+    blk = await block(q, "virtio0")
     check(blk["x-inject"][0]["errno"] == "EIO", blk)
     q.events.clear()
     await go(q, 1)
@@ -260,10 +264,9 @@ async def error_policies(con, q, images):
     check(ev["data"]["device"] == "virtio0" and ev["data"]["action"] == "stop" and ev["data"]["operation"] == "write", ev)
     await next_event(q, "STOP", 60)
     check(await status(q) == "io-error", "io-error")
-    blk = {b["device"]: b for b in await ex(q, "query-block")}["virtio0"]
+    blk = await block(q, "virtio0")
     check(blk["io-status"] == "failed", blk)
-    r, err, _ = await run(q, "x-block-error-clear", id="virtio0")
-    check(err is None, err)
+    await ok(q, "x-block-error-clear", id="virtio0")
     r, err, evs = await run(q, "cont")
     check(err is None and "RESUME" in [e["event"] for e in evs], (err, evs))
     await wait_console(con, "STOP-WRITES-DONE")
@@ -274,19 +277,16 @@ async def error_policies(con, q, images):
     for op in ("write", "read"):
         await wait_console(con, f"G-READY-REPORT-{op.upper()}")
         # Until cleared: a retry by the guest kernel fails too.
-        r, err, _ = await run(q, "x-block-error-inject", id="virtio1", operation=op, errno="EIO")
-        check(err is None, err)
+        await ok(q, "x-block-error-inject", id="virtio1", operation=op, errno="EIO")
         await go(q, 2 if op == "write" else 3)
         ev = await next_event(q, "BLOCK_IO_ERROR")
         check(ev["data"]["device"] == "virtio1" and ev["data"]["action"] == "report" and ev["data"]["operation"] == op, ev)
         await wait_console(con, f"REPORT-{op.upper()}-DONE")
-        r, err, _ = await run(q, "x-block-error-clear", id="virtio1")
-        check(err is None, err)
+        await ok(q, "x-block-error-clear", id="virtio1")
         check(await status(q) == "running", "report never stops the VM")
     for op in ("write", "read"):
         await wait_console(con, f"G-READY-IGNORE-{op.upper()}")
-        r, err, _ = await run(q, "x-block-error-inject", id="virtio3", operation=op, errno="EIO", once=True)
-        check(err is None, err)
+        await ok(q, "x-block-error-inject", id="virtio3", operation=op, errno="EIO", once=True)
         await go(q, 4 if op == "write" else 5)
         ev = await next_event(q, "BLOCK_IO_ERROR")
         check(ev["data"]["device"] == "virtio3" and ev["data"]["action"] == "ignore", ev)
@@ -295,12 +295,10 @@ async def error_policies(con, q, images):
     # 3. Latency: 2 s on virtio0's reads; virtio1 is not slowed.
     step("3: Latency: 2 s on virtio0's reads; virtio1 is not sl")
     await wait_console(con, "G-READY-SLOW")
-    r, err, _ = await run(q, "x-block-latency-inject", id="virtio0", operation="read", ms=2000)
-    check(err is None, err)
+    await ok(q, "x-block-latency-inject", id="virtio0", operation="read", ms=2000)
     await go(q, 6)
     await wait_console(con, "SLOW-DONE")
-    r, err, _ = await run(q, "x-block-error-clear", id="virtio0")
-    check(err is None, err)
+    await ok(q, "x-block-error-clear", id="virtio0")
 
     # 4. stop/cont every few hundred milliseconds during heavy writes,
     #    fifty times.
@@ -309,12 +307,10 @@ async def error_policies(con, q, images):
     await go(q, 7)
     for i in range(50):
         await asyncio.sleep(0.2)
-        r, err, _ = await run(q, "stop")
-        check(err is None, err)
+        await ok(q, "stop")
         check(await status(q) == "paused", f"flap {i}")
         await asyncio.sleep(0.1)
-        r, err, _ = await run(q, "cont")
-        check(err is None, err)
+        await ok(q, "cont")
     await go(q, 8)
 
     # 5. werror=enospc: a real ENOSPC stops the VM (nospace); L1 frees the
@@ -327,15 +323,13 @@ async def error_policies(con, q, images):
     check(ev["data"]["device"] == "virtio4" and ev["data"]["action"] == "stop" and ev["data"]["nospace"] is True, ev)
     await next_event(q, "STOP", 60)
     check(await status(q) == "io-error", "enospc: io-error")
-    blk = {b["device"]: b for b in await ex(q, "query-block")}["virtio4"]
+    blk = await block(q, "virtio4")
     check(blk["io-status"] == "nospace", blk)
     await wait_console(con, "L1-SPACE-FREED")
-    r, err, _ = await run(q, "cont")
-    check(err is None, err)
+    await ok(q, "cont")
     await wait_console(con, "ENOSPC-DONE")
     await wait_console(con, "G-READY-ENOSPC-EIO")
-    r, err, _ = await run(q, "x-block-error-inject", id="virtio4", operation="write", errno="EIO")
-    check(err is None, err)
+    await ok(q, "x-block-error-inject", id="virtio4", operation="write", errno="EIO")
     await go(q, 10)
     ev = await next_event(q, "BLOCK_IO_ERROR")
     check(ev["data"]["device"] == "virtio4" and ev["data"]["action"] == "report", ev)
@@ -346,22 +340,18 @@ async def error_policies(con, q, images):
     # 6. rerror=stop on the IDE disk; rerror=report on the CD-ROM.
     step("6: rerror=stop on the IDE disk; rerror=report on the")
     await wait_console(con, "G-READY-IDE")
-    r, err, _ = await run(q, "x-block-error-inject", id="ide0-hd0", operation="read", errno="EIO")
-    check(err is None, err)
+    await ok(q, "x-block-error-inject", id="ide0-hd0", operation="read", errno="EIO")
     q.events.clear()
     await go(q, 11)
     ev = await next_event(q, "BLOCK_IO_ERROR")
     check(ev["data"]["device"] == "ide0-hd0" and ev["data"]["action"] == "stop" and ev["data"]["operation"] == "read", ev)
     await next_event(q, "STOP", 60)
     check(await status(q) == "io-error", "ide: io-error")
-    r, err, _ = await run(q, "x-block-error-clear", id="ide0-hd0")
-    check(err is None, err)
-    r, err, _ = await run(q, "cont")
-    check(err is None, err)
+    await ok(q, "x-block-error-clear", id="ide0-hd0")
+    await ok(q, "cont")
     await wait_console(con, "IDE-DONE")
     await wait_console(con, "G-READY-CD")
-    r, err, _ = await run(q, "x-block-error-inject", id="ide1-cd0", operation="read", errno="EIO")
-    check(err is None, err)
+    await ok(q, "x-block-error-inject", id="ide1-cd0", operation="read", errno="EIO")
     await go(q, 12)
     ev = await next_event(q, "BLOCK_IO_ERROR")
     check(ev["data"]["device"] == "ide1-cd0" and ev["data"]["action"] == "report", ev)
