@@ -169,7 +169,7 @@ pub struct Vcpu {
 
 impl Vcpu {
     pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
-        std::thread::Builder::new().name(format!("vcpu{}", self.id)).spawn(move || self.run())
+        block::thread::spawn(format!("vcpu{}", self.id), move || self.run())
     }
 
     fn crash(&self, what: String) {

@@ -47,7 +47,7 @@ impl Pool {
         }
         if s.workers < MAX_WORKERS {
             let me = self.clone();
-            if std::thread::Builder::new().name("block-worker".into()).spawn(move || me.work()).is_ok() {
+            if crate::thread::spawn("block-worker".into(), move || me.work()).is_ok() {
                 s.workers += 1;
                 return;
             }

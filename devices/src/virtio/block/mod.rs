@@ -256,7 +256,7 @@ impl VirtioDevice for Block {
         self.shared.resume.store(false, Ordering::SeqCst);
         let w = worker::Worker::new(a, ioq, self.shared.clone(), self.serial.clone()).map_err(ActivateError::EventFd)?;
         let name = format!("blk-{}", self.backend.name());
-        let handle = std::thread::Builder::new().name(name).spawn(move || w.run()).map_err(ActivateError::Thread)?;
+        let handle = block::thread::spawn(name, move || w.run()).map_err(ActivateError::Thread)?;
         self.worker = Some(handle);
         Ok(())
     }
