@@ -13,6 +13,7 @@
 //! lines that tests assert on. Tests write their host and guest scripts with
 //! [`Script`], which reports and checks the exit status of every command.
 
+pub mod bench;
 pub mod cpio;
 
 use std::io::{BufRead, BufReader, Read};
