@@ -10,9 +10,11 @@ $SUDO apt-get update -qq
 # qemu-system-x86: the L1 VM for nested KVM on hosts without hardware KVM.
 # busybox-static, cpio, xorriso, kmod: the guest images. gcc: crates that build C.
 # python3-venv: the QMP tests' client, qemu.qmp from PyPI, in a venv below.
+# seabios, qemu-utils, fio: the references of bench/run (QEMU -M pc,
+# qemu-img bench, fio).
 $SUDO apt-get install -y -qq --no-install-recommends \
     qemu-system-x86 busybox-static cpio xorriso kmod e2fsprogs gcc libc6-dev ca-certificates \
-    python3 python3-venv >/dev/null
+    python3 python3-venv seabios qemu-utils fio >/dev/null
 # QEMU's own QMP client library, the reference client of tests/tests/qmp.rs
 # (which looks for this venv). Not in Debian 12; from PyPI, pinned.
 venv="${XDG_CACHE_HOME:-$HOME/.cache}/rvmm/venv"
