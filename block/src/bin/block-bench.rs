@@ -1,6 +1,6 @@
 //! `block-bench`: what `qemu-img bench` does, through our block layer, with
 //! the same knobs, so the two can run side by side on the same file
-//! (resources/bench-block.sh does). Requests go through `BlockBackend` and an
+//! (bench/block.sh does). Requests go through `BlockBackend` and an
 //! `IoQueue` exactly as a device's would: checks, statistics, engines.
 
 use std::path::PathBuf;
