@@ -76,7 +76,7 @@ note() { # keeps the lowest ratio of a kind: note VAR RATIO CASE
     fi
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
-k() { awk -v a="$1" 'BEGIN { printf "%.0fk", a / 1000 }'; }
+k() { awk -v a="$1" 'BEGIN { if (a >= 100000) printf "%.0fk", a / 1000; else if (a >= 10000) printf "%.1fk", a / 1000; else printf "%.0f", a }'; }
 
 for backend in "${BACKENDS[@]}"; do
     case $backend in
