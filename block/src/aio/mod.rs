@@ -109,6 +109,9 @@ enum EnterError {
     Broken,
 }
 
+/// io_uring_enter's flag to process and wait for completions.
+const IORING_ENTER_GETEVENTS: u32 = 1;
+
 fn classify(e: &std::io::Error) -> EnterError {
     match e.raw_os_error() {
         Some(libc::EINTR) => EnterError::Retry,
@@ -124,6 +127,9 @@ pub struct IoQueue {
     waker: Waker,
     pool: Arc<Pool>,
     ring: Option<IoUring>,
+    /// The ring was made disabled (see `new_ring`) and is enabled by the
+    /// first trip into the kernel, on the thread that owns the queue.
+    ring_disabled: bool,
     /// io_uring_enter failed for good: nothing new goes to the ring, what
     /// it holds is still reaped, and it is dropped once empty.
     ring_broken: bool,
@@ -159,10 +165,33 @@ fn io_uring_broken(e: &std::io::Error) {
 /// runs (COOP_TASKRUN): measured on tmpfs, 3x the requests per second of a
 /// plain ring. A sleeping owner is still woken (its poll or epoll returns
 /// EINTR and the completions are posted), and TASKRUN_FLAG tells `poll` when
-/// posted-but-unprocessed completions need a trip into the kernel. Kernels
-/// before 5.19 lack both: a plain ring then.
-fn new_ring() -> std::io::Result<IoUring> {
-    IoUring::builder().setup_coop_taskrun().setup_taskrun_flag().build(RING_ENTRIES).or_else(|_| IoUring::new(RING_ENTRIES))
+/// posted-but-unprocessed completions need a trip into the kernel.
+///
+/// Where the kernel has them (6.1), also SINGLE_ISSUER and DEFER_TASKRUN,
+/// as fio sets them: completions are posted only when the owner enters the
+/// kernel to get events, in one batch, instead of by task work that
+/// interrupts it. Measured with block-bench against fio on a tmpfs file
+/// (reads there are handed to io_uring's workers), interleaved, 2-3 runs
+/// each: 4 KiB random reads went from 0.94 to 0.98 of fio at depth 1 and
+/// from 0.82 to 0.93 at depth 32. The registered
+/// eventfd still fires when the first held-back completion arrives, so
+/// owners that sleep in epoll still wake. The single issuer is whichever
+/// thread enters first: the ring is made disabled (R_DISABLED) and enabled
+/// by that first trip, because queues are made on one thread (a vCPU
+/// activating a device) and used on another (its I/O thread). Kernels
+/// before 5.19 lack all of these: a plain ring then.
+///
+/// Returns the ring and whether it still needs enabling.
+fn new_ring() -> std::io::Result<(IoUring, bool)> {
+    let coop = || {
+        let mut b = IoUring::builder();
+        b.setup_coop_taskrun().setup_taskrun_flag();
+        b
+    };
+    if let Ok(r) = coop().setup_single_issuer().setup_defer_taskrun().setup_r_disabled().build(RING_ENTRIES) {
+        return Ok((r, true));
+    }
+    coop().build(RING_ENTRIES).or_else(|_| IoUring::new(RING_ENTRIES)).map(|r| (r, false))
 }
 
 /// Sleeps until the eventfd is readable or `timeout_ms` passes (-1: no
@@ -182,12 +211,16 @@ impl IoQueue {
         let ring = match engine {
             AioEngine::Threads => None,
             AioEngine::IoUring => {
-                let r = new_ring().and_then(|r| {
+                let r = new_ring().and_then(|(r, disabled)| {
                     r.submitter().register_eventfd(efd.as_raw_fd())?;
-                    Ok(r)
+                    Ok((r, disabled))
                 });
                 r.inspect_err(io_uring_unavailable).ok()
             }
+        };
+        let (ring, ring_disabled) = match ring {
+            Some((r, disabled)) => (Some(r), disabled),
+            None => (None, false),
         };
         let shared = Arc::new(Shared { efd, done: Mutex::new(Vec::new()) });
         let for_waker = shared.clone();
@@ -199,6 +232,7 @@ impl IoQueue {
             }),
             pool: Arc::new(Pool::default()),
             ring,
+            ring_disabled,
             ring_broken: false,
             slots: Vec::new(),
             free: Vec::new(),
@@ -392,9 +426,16 @@ impl IoQueue {
     /// returns, lets it post the completions it holds back. False when the
     /// kernel took nothing and nothing should be retried now.
     fn enter(&mut self) -> bool {
-        let Some(ring) = self.ring.as_ref().filter(|_| !self.ring_broken) else { return false };
+        if !self.enable_ring() {
+            return false;
+        }
+        let Some(ring) = self.ring.as_mut().filter(|_| !self.ring_broken) else { return false };
+        let pending = ring.submission().len() as u32;
         for _ in 0..16 {
-            match ring.submit() {
+            // GETEVENTS with nothing to wait for: a DEFER_TASKRUN ring posts
+            // held-back completions only on a trip that asks for events.
+            // SAFETY: no extended argument, and flags the kernel knows.
+            match unsafe { ring.submitter().enter::<libc::sigset_t>(pending, 0, IORING_ENTER_GETEVENTS, None) } {
                 Ok(n) => {
                     let n = n.min(self.queued.len());
                     self.queued.drain(..n);
@@ -412,6 +453,22 @@ impl IoQueue {
             }
         }
         false
+    }
+
+    /// Enables a ring made disabled, from the thread that enters it first
+    /// (which SINGLE_ISSUER then binds it to). False when the ring is gone.
+    fn enable_ring(&mut self) -> bool {
+        if !self.ring_disabled {
+            return self.ring.is_some() && !self.ring_broken;
+        }
+        let Some(ring) = self.ring.as_ref() else { return false };
+        self.ring_disabled = false;
+        if let Err(e) = ring.submitter().register_enable_rings() {
+            io_uring_broken(&e);
+            self.break_ring(Errno(e.raw_os_error().unwrap_or(libc::EIO)));
+            return false;
+        }
+        true
     }
 
     /// The ring cannot be used any more: what it never took fails, what it
@@ -574,6 +631,7 @@ impl IoQueue {
             // The kernel refused them for now; try again shortly.
             return wait_eventfd(&self.shared.efd, 1);
         }
+        self.enable_ring();
         match self.ring.as_ref() {
             // Only io_uring to wait for: let the kernel block us.
             Some(ring) if !self.ring_broken && self.pool_inflight == 0 && self.ring_inflight > 0 && self.parked.is_empty() => {
@@ -682,6 +740,79 @@ mod tests {
         q.wait(&mut out, 1);
         assert_eq!(out, vec![Completion { token: 2, result: Ok(()) }]);
         assert_eq!(bufs[1], [7u8; 512], "read on the pool");
+        assert_eq!(b.in_flight(), 0);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// The virtio worker's pattern: the queue is made on one thread and
+    /// used on another, whose owner sleeps on the queue's eventfd (in
+    /// epoll) and then polls, never calling `wait`. Every completion must
+    /// wake it and be handed back by `poll`, whatever ring flags the kernel
+    /// took (a DEFER_TASKRUN ring posts completions only on request).
+    #[test]
+    fn an_owner_on_another_thread_sleeping_on_the_eventfd_gets_every_completion() {
+        // O_DIRECT on a real disk (the build directory; tmpfs refuses it),
+        // so that completions arrive later, from the device, rather than
+        // during submission from the page cache.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("aio-efd-{}", std::process::id()));
+        let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let drv = match crate::drivers::raw::RawFile::open(&path, true, crate::CacheMode::None) {
+            Ok(d) => d,
+            Err(e) => {
+                println!("SKIPPED: O_DIRECT is refused under target/ ({e})");
+                let _ = std::fs::remove_file(&path);
+                return;
+            }
+        };
+        let b = Arc::new(BlockBackend::new("b"));
+        b.insert_medium(Arc::new(drv), "b").unwrap();
+        let q = IoQueue::new(b.clone(), AioEngine::IoUring).unwrap();
+        if q.engine() != AioEngine::IoUring {
+            println!("SKIPPED: io_uring is unavailable here");
+            return;
+        }
+        let owner = std::thread::spawn(move || {
+            let mut q = q;
+            let mut bufs: Vec<crate::align::AlignedBuf> = (0..32).map(|_| crate::align::AlignedBuf::new(4096, 4096).unwrap()).collect();
+            let mut out = Vec::new();
+            let mut done = 0;
+            for round in 0..8u64 {
+                for (i, buf) in bufs.iter_mut().enumerate().take(32) {
+                    let off = ((round * 32 + i as u64) * 4096) % (1 << 20);
+                    // SAFETY: the buffers outlive the loop, which waits for
+                    // every request.
+                    unsafe { q.submit(Request::read(off, vec![IoVec::new(buf.as_mut_ptr(), 4096)], off)) };
+                }
+                q.flush_submissions();
+                let mut got = 0;
+                while got < 32 {
+                    out.clear();
+                    got += q.poll(&mut out);
+                    for c in &out {
+                        assert_eq!(c.result, Ok(()));
+                    }
+                    if got < 32 {
+                        let mut p = libc::pollfd { fd: q.eventfd(), events: libc::POLLIN, revents: 0 };
+                        // SAFETY: one valid pollfd.
+                        let n = unsafe { libc::poll(&mut p, 1, 10_000) };
+                        assert_eq!(n, 1, "no wake-up within 10 s with {} requests in flight", 32 - got);
+                        let mut v = 0u64;
+                        // SAFETY: an 8-byte read into a u64 from the eventfd.
+                        unsafe { libc::read(q.eventfd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
+                    }
+                }
+                done += got;
+                for (i, buf) in bufs.iter().enumerate().take(32) {
+                    let off = (((round * 32 + i as u64) * 4096) % (1 << 20)) as usize;
+                    assert_eq!(buf.as_slice(), &data[off..off + 4096]);
+                }
+            }
+            done
+        });
+        assert_eq!(owner.join().unwrap(), 256);
         assert_eq!(b.in_flight(), 0);
         let _ = std::fs::remove_file(&path);
     }
