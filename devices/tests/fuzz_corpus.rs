@@ -1,5 +1,6 @@
-//! Replays the fuzz corpora of the virtio-blk device and the virtio-mmio
-//! transport (`fuzz/corpus/{virtio_blk,virtio_mmio}/`) through the
+//! Replays the fuzz corpora of the virtio-blk device, the virtio-mmio
+//! transport, the IDE channel and the ACPI PM1 registers
+//! (`fuzz/corpus/{virtio_blk,virtio_mmio,ide,acpi_power}/`) through the
 //! harnesses on stable Rust, and runs the hand-made seeds. See
 //! docs/fuzzing.md.
 
@@ -136,6 +137,47 @@ fn write_ide_seeds() {
     let dir = corpus_dir("ide");
     std::fs::create_dir_all(&dir).unwrap();
     for (name, data) in devices::fuzz::ide::seeds() {
+        std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
+    }
+}
+
+#[test]
+fn acpi_power_corpus_replays() {
+    replay("acpi_power", devices::fuzz::acpi_power);
+}
+
+/// The ACPI seeds fire the triggers they were made for, and no others.
+#[test]
+fn acpi_power_seeds_run() {
+    use devices::fuzz::power::{acpi_power_outcome, seeds};
+    for (name, data) in seeds() {
+        let r = std::panic::catch_unwind(|| acpi_power_outcome(&data));
+        let Ok(o) = r else { panic!("acpi_power seed {name} fails") };
+        let want = match name {
+            "poweroff-acpica" | "poweroff-byte" => (1, 0),
+            "reset" => (0, 1),
+            // Two reset values as a byte string, one S5 with SLP_EN as a word.
+            "strings" => (1, 2),
+            _ => (0, 0),
+        };
+        assert_eq!((o.poweroffs, o.resets), want, "acpi_power seed {name}: {o:?}");
+        if name == "bus-edges" {
+            assert_eq!(o.routed, 0, "{name}: accesses that straddle the range reach the device");
+        }
+    }
+}
+
+/// `FUZZ_WRITE_SEEDS=1 cargo test -p devices --test fuzz_corpus -- --ignored`
+/// writes them into fuzz/corpus/acpi_power/ too.
+#[test]
+#[ignore]
+fn write_acpi_power_seeds() {
+    if std::env::var_os("FUZZ_WRITE_SEEDS").is_none() {
+        return;
+    }
+    let dir = corpus_dir("acpi_power");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, data) in devices::fuzz::power::seeds() {
         std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
     }
 }

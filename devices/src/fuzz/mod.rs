@@ -6,7 +6,9 @@
 //!   through the real device (transport, I/O thread, parser, block layer);
 //! - `virtio_mmio`: register sequences against the transport;
 //! - `ide`: IDE channel registers, data port strings and ATAPI packets
-//!   (`ide.rs`, no guest memory).
+//!   (`ide.rs`, no guest memory);
+//! - `acpi_power`: the ACPI PM1 and reset registers, straight and through
+//!   a bus (`power.rs`, no guest memory).
 //!
 //! Both decode their input with `block::fuzz::Input` (reads past the end
 //! give zeros) and run on a small guest memory with a hole and two regions,
@@ -16,10 +18,12 @@
 pub mod blk;
 pub mod ide;
 pub mod mmio;
+pub mod power;
 
 pub use blk::virtio_blk;
 pub use ide::ide;
 pub use mmio::virtio_mmio;
+pub use power::acpi_power;
 
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
