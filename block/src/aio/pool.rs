@@ -42,6 +42,9 @@ impl Pool {
         let mut s = self.lock();
         s.jobs.push_back(job);
         if s.idle >= s.jobs.len() {
+            // Woken after the lock is released, so that the worker does
+            // not wake only to wait for it.
+            drop(s);
             self.cv.notify_one();
             return;
         }
