@@ -11,6 +11,8 @@ pub mod config;
 pub mod console;
 pub mod disks;
 pub mod exit;
+#[cfg(feature = "testing")]
+pub mod fuzz;
 pub mod ide;
 pub mod machine;
 pub mod qmp;
