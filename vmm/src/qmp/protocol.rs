@@ -137,11 +137,21 @@ impl Decoder {
         (self.scanned, self.depth, self.in_string, self.escaped) = (0, 0, false, false);
     }
 
+    /// How far into `buf` a message's end is looked for: its first
+    /// `MAX_MESSAGE + 1` bytes (the byte after the limit may still end
+    /// it). Past them the message is too long, however the reads split it:
+    /// looking further when one read brought more would accept what
+    /// smaller reads refuse (found by the qmp_decoder fuzz target).
+    fn window(&self) -> usize {
+        self.buf.len().min(MAX_MESSAGE + 1)
+    }
+
     /// The length of the object or array at the start of `buf`, once its
     /// closing bracket has arrived. A stray closing bracket ends it early,
     /// and serde then reports the error.
     fn scan(&mut self) -> Result<Option<usize>, ()> {
-        while self.scanned < self.buf.len() {
+        let window = self.window();
+        while self.scanned < window {
             let b = self.buf[self.scanned];
             self.scanned += 1;
             if self.in_string {
@@ -173,9 +183,18 @@ impl Decoder {
         Ok(None)
     }
 
-    /// A value that is not an object or array: up to its newline.
-    fn line_end(&self) -> Option<usize> {
-        self.buf.iter().position(|&b| b == b'\n').map(|nl| nl + 1)
+    /// A value that is not an object or array: up to its newline. Where
+    /// the last look stopped is kept (`scanned`), so a line trickled in a
+    /// byte per read costs its length, not its length squared.
+    fn line_end(&mut self) -> Option<usize> {
+        let window = self.window();
+        match self.buf[self.scanned..window].iter().position(|&b| b == b'\n') {
+            Some(nl) => Some(self.scanned + nl + 1),
+            None => {
+                self.scanned = window;
+                None
+            }
+        }
     }
 }
 
