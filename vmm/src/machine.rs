@@ -517,12 +517,13 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
     let entry = boot::load_linux(&mem, cfg.memory, &cfg.kernel, &cfg.kernel_format, cfg.initrd.as_deref(), &cfg.cmdline)?;
 
     let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let tsc_deadline = kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer);
     let control = Arc::new(VcpuControl::new(cfg.paused));
     let mut vcpus = Vec::with_capacity(cfg.cpus as usize);
     for id in 0..cfg.cpus {
         let fd = vm.create_vcpu(u64::from(id)).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         let mut c = supported.clone();
-        cpuid::patch(&mut c, id, cfg.cpus);
+        cpuid::patch(&mut c, id, cfg.cpus, tsc_deadline);
         fd.set_cpuid2(&c).map_err(kvm_err("KVM_SET_CPUID2"))?;
         regs::setup_msrs(&fd)?;
         regs::setup_fpu(&fd)?;

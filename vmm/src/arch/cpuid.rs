@@ -7,6 +7,7 @@ use kvm_bindings::CpuId;
 const HYPERVISOR_BIT: u32 = 1 << 31; // leaf 1 ECX
 const HTT_BIT: u32 = 1 << 28; // leaf 1 EDX
 const CMP_LEGACY_BIT: u32 = 1 << 1; // leaf 0x8000_0001 ECX
+const TSC_DEADLINE_BIT: u32 = 1 << 24; // leaf 1 ECX
 
 /// Bits needed to number `n` things (x2APIC ID shift widths).
 fn id_bits(n: u32) -> u32 {
@@ -49,7 +50,13 @@ fn fix_xsave(cpuid: &mut CpuId) {
 }
 
 /// Adjusts `cpuid` (from KVM_GET_SUPPORTED_CPUID) for vCPU `id` of `count`.
-pub fn patch(cpuid: &mut CpuId, id: u8, count: u8) {
+///
+/// `tsc_deadline`: KVM emulates the local APIC's TSC-deadline timer
+/// (KVM_CAP_TSC_DEADLINE_TIMER), which KVM_GET_SUPPORTED_CPUID does not
+/// report, so it is offered here as QEMU and Firecracker do. Linux then
+/// programs its timer with one MSR write and skips calibrating the APIC
+/// timer against the PIT at boot.
+pub fn patch(cpuid: &mut CpuId, id: u8, count: u8, tsc_deadline: bool) {
     fix_xsave(cpuid);
     let (id, n) = (u32::from(id), u32::from(count));
     for e in cpuid.as_mut_slice().iter_mut() {
@@ -58,6 +65,9 @@ pub fn patch(cpuid: &mut CpuId, id: u8, count: u8) {
                 // Initial APIC ID, logical processor count, CLFLUSH size 8.
                 e.ebx = (id << 24) | (n << 16) | (8 << 8);
                 e.ecx |= HYPERVISOR_BIT;
+                if tsc_deadline {
+                    e.ecx |= TSC_DEADLINE_BIT;
+                }
                 if n > 1 {
                     e.edx |= HTT_BIT;
                 } else {
@@ -127,8 +137,9 @@ mod tests {
     #[test]
     fn apic_ids_and_counts() {
         let mut c = CpuId::from_entries(&[entry(1, 0), entry(0xb, 0), entry(0xb, 1), entry(0x8000_0008, 0), entry(0x8000_001e, 0)]).unwrap();
-        patch(&mut c, 3, 4);
+        patch(&mut c, 3, 4, true);
         let s = c.as_slice();
+        assert_ne!(s[0].ecx & TSC_DEADLINE_BIT, 0);
         assert_eq!(s[0].ebx >> 24, 3);
         assert_eq!((s[0].ebx >> 16) & 0xff, 4);
         assert_ne!(s[0].ecx & HYPERVISOR_BIT, 0);
