@@ -69,6 +69,7 @@ async def connect(name, proc, sock):
             if proc.poll() is not None:
                 break
             await asyncio.sleep(0.05)
+    proc.stderr.seek(0)
     raise RuntimeError(f"{name}: no QMP socket: {proc.stderr.read().decode()}")
 
 
@@ -77,8 +78,9 @@ async def bench(vmms, one, two):
     procs, clients, times, mem = {}, {}, {}, {}
     try:
         for name, argv, sock in vmms:
+            # stderr to a file, not a pipe nobody reads while the VMM runs.
             procs[name] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.PIPE)
+                                           stderr=tempfile.TemporaryFile())
             clients[name] = await connect(name, procs[name], sock)
             times[name] = []
         for i in range(RUNS):
@@ -111,7 +113,9 @@ def main():
             "-qmp", f"unix:{qemu_sock},server=on,wait=off"]
     times, mem = asyncio.run(bench((("ours", ours, ours_sock), ("qemu", qemu, qemu_sock)), one, two))
     rows = []
-    for name, label in (("ours", "ours"), ("qemu", "QEMU 7.2 `-S -M pc`")):
+    qemu_version = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
+                                  text=True).stdout.split("\n")[0].replace("QEMU emulator version ", "")
+    for name, label in (("ours", "ours"), ("qemu", f"QEMU {qemu_version} `-S -M pc`")):
         ms = sorted(t * 1000 for t in times[name])
         rows.append((label, statistics.median(ms), ms[0], ms[-1], ms[int(len(ms) * 0.9)], mem[name]))
         print(f"{name}: blockdev-change-medium round trip median {statistics.median(ms):.3f} ms, "

@@ -51,6 +51,7 @@ pub struct Target {
 pub struct Section {
     pub text: String,
     pub targets: Vec<Target>,
+    incomplete: Vec<String>,
 }
 
 impl Section {
@@ -71,6 +72,16 @@ impl Section {
         self
     }
 
+    /// Records that a case has fewer samples than runs (a run failed or
+    /// printed no result): said in the section and on stderr, and
+    /// `finish` then exits non-zero, so that no gap passes silently.
+    pub fn expect_runs(&mut self, case: &str, got: usize, runs: usize) -> &mut Self {
+        if got < runs {
+            self.incomplete.push(format!("{case}: {got} of {runs} runs gave a result"));
+        }
+        self
+    }
+
     pub fn target(&mut self, what: &str, measured: String, goal: &str, met: bool) -> &mut Self {
         self.targets.push(Target { what: what.into(), measured, goal: goal.into(), met });
         self
@@ -78,7 +89,12 @@ impl Section {
 
     /// Prints the section and, under bench/run, writes its files. A failure
     /// to write is fatal: a benchmark whose results are lost has not run.
-    pub fn finish(&self, name: &str) {
+    pub fn finish(&mut self, name: &str) {
+        if !self.incomplete.is_empty() {
+            let list = self.incomplete.join("; ");
+            self.line(format!("**Incomplete:** {list}.")).line("");
+            eprintln!("bench: {name}: incomplete: {list}");
+        }
         println!("{}", self.text);
         for t in &self.targets {
             println!("target: {}: {} (goal {}): {}", t.what, t.measured, t.goal, if t.met { "met" } else { "missed" });
@@ -98,6 +114,9 @@ impl Section {
         };
         write(format!("{name}.md"), &self.text);
         write(format!("{name}.targets"), &targets);
+        if !self.incomplete.is_empty() {
+            std::process::exit(1);
+        }
     }
 }
 

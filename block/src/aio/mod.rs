@@ -1,8 +1,11 @@
 //! Asynchronous requests: an `IoQueue` belongs to one thread (a device's
-//! I/O thread, the benchmark) and one drive. Requests are submitted without
-//! waiting; their completions come back from `poll`, and the queue's eventfd
-//! becomes readable whenever one arrives from elsewhere, so an event loop can
-//! sleep on it.
+//! I/O thread, the benchmark) and one drive. It may be made on another
+//! thread, but once it has submitted a request it must stay on the thread
+//! that did (its io_uring is bound to that thread, see `new_ring`).
+//! Requests are submitted without waiting; their completions come back from
+//! `poll`, and the queue's eventfd becomes readable when completions arrive
+//! from elsewhere while `poll` has handed back everything, so an event loop
+//! can sleep on it and call `poll` when it wakes.
 //!
 //! Each request goes where it is cheapest (QEMU makes the same choices):
 //! - a driver that never blocks (null) runs at once, on the submitting
@@ -131,8 +134,11 @@ pub struct IoQueue {
     /// first trip into the kernel, on the thread that owns the queue.
     ring_disabled: bool,
     /// io_uring_enter failed for good: nothing new goes to the ring, what
-    /// it holds is still reaped, and it is dropped once empty.
+    /// it holds is still reaped (`reap_broken`), and it is dropped once
+    /// empty.
     ring_broken: bool,
+    /// The thread that enabled the ring, the only one that may enter it.
+    ring_owner: Option<std::thread::ThreadId>,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     /// Completions known at submission, returned by the next poll.
@@ -233,6 +239,7 @@ impl IoQueue {
             pool: Arc::new(Pool::default()),
             ring,
             ring_disabled,
+            ring_owner: None,
             ring_broken: false,
             slots: Vec::new(),
             free: Vec::new(),
@@ -429,6 +436,10 @@ impl IoQueue {
         if !self.enable_ring() {
             return false;
         }
+        debug_assert!(
+            self.ring_owner.is_none_or(|t| t == std::thread::current().id()),
+            "an IoQueue moved threads after its first request (see the module doc)"
+        );
         let Some(ring) = self.ring.as_mut().filter(|_| !self.ring_broken) else { return false };
         let pending = ring.submission().len() as u32;
         for _ in 0..16 {
@@ -455,6 +466,20 @@ impl IoQueue {
         false
     }
 
+    /// A broken ring still holds requests the kernel owns (and buffers it
+    /// may still write): a DEFER_TASKRUN ring posts their completions only
+    /// on a trip that asks for events, so keep asking, whatever it answers,
+    /// until the ring is empty and dropped.
+    fn reap_broken(&mut self) {
+        if !self.ring_broken || self.ring_inflight == 0 {
+            return;
+        }
+        if let Some(ring) = self.ring.as_ref() {
+            // SAFETY: no extended argument, and flags the kernel knows.
+            let _ = unsafe { ring.submitter().enter::<libc::sigset_t>(0, 0, IORING_ENTER_GETEVENTS, None) };
+        }
+    }
+
     /// Enables a ring made disabled, from the thread that enters it first
     /// (which SINGLE_ISSUER then binds it to). False when the ring is gone.
     fn enable_ring(&mut self) -> bool {
@@ -463,6 +488,7 @@ impl IoQueue {
         }
         let Some(ring) = self.ring.as_ref() else { return false };
         self.ring_disabled = false;
+        self.ring_owner = Some(std::thread::current().id());
         if let Err(e) = ring.submitter().register_enable_rings() {
             io_uring_broken(&e);
             self.break_ring(Errno(e.raw_os_error().unwrap_or(libc::EIO)));
@@ -501,10 +527,15 @@ impl IoQueue {
         }
         if self.ring.is_some() {
             self.flush_submissions();
-            // Completions held back for us (COOP_TASKRUN) need a trip into
-            // the kernel, but only when none are visible already: one
-            // syscall per request instead of two.
-            if self.reap(out) == 0 && self.ring_inflight > 0 && self.ring.as_mut().is_some_and(|r| r.submission().taskrun()) {
+            self.reap_broken();
+            self.reap(out);
+            // Completions held back for us need a trip into the kernel,
+            // taken only when the kernel says some are (TASKRUN_FLAG). It
+            // is taken even when some were reaped just now: a
+            // DEFER_TASKRUN ring signals the eventfd for the first
+            // held-back completion only, so leaving the others would
+            // strand them until something else woke the owner.
+            if self.ring_inflight > 0 && !self.ring_broken && self.ring.as_mut().is_some_and(|r| r.submission().taskrun()) {
                 self.enter();
                 self.reap(out);
             }
@@ -814,6 +845,64 @@ mod tests {
         });
         assert_eq!(owner.join().unwrap(), 256);
         assert_eq!(b.in_flight(), 0);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    /// A ring that breaks while the kernel holds requests must still
+    /// deliver them: a DEFER_TASKRUN ring posts completions only when asked,
+    /// so the broken ring keeps being asked until it is empty. Without
+    /// that, the wait below never returns (the watchdog fails the test).
+    #[test]
+    fn a_ring_broken_with_requests_in_the_kernel_still_completes_them() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("aio-broken-inflight-{}", std::process::id()));
+        std::fs::write(&path, vec![9u8; 1 << 20]).unwrap();
+        let drv = match crate::drivers::raw::RawFile::open(&path, true, crate::CacheMode::None) {
+            Ok(d) => d,
+            Err(e) => {
+                println!("SKIPPED: O_DIRECT is refused under target/ ({e})");
+                let _ = std::fs::remove_file(&path);
+                return;
+            }
+        };
+        let b = Arc::new(BlockBackend::new("b"));
+        b.insert_medium(Arc::new(drv), "b").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let b2 = b.clone();
+        std::thread::spawn(move || {
+            let mut q = IoQueue::new(b2, AioEngine::IoUring).unwrap();
+            if q.engine() != AioEngine::IoUring {
+                let _ = tx.send(None);
+                return;
+            }
+            let mut bufs: Vec<crate::align::AlignedBuf> = (0..16).map(|_| crate::align::AlignedBuf::new(4096, 4096).unwrap()).collect();
+            for (i, buf) in bufs.iter_mut().enumerate() {
+                // SAFETY: the buffers outlive the wait below, which returns
+                // only when every request has completed.
+                unsafe { q.submit(Request::read(i as u64 * 65536, vec![IoVec::new(buf.as_mut_ptr(), 4096)], i as u64)) };
+            }
+            q.flush_submissions();
+            assert!(q.queued.is_empty(), "the kernel took them all");
+            q.break_ring(Errno::EIO);
+            let mut out = Vec::new();
+            while out.len() < 16 {
+                let want = 16 - out.len();
+                q.wait(&mut out, want);
+            }
+            let ok = out.iter().filter(|c| c.result.is_ok()).count();
+            let data_ok = bufs.iter().all(|b| b.as_slice().iter().all(|&x| x == 9));
+            let _ = tx.send(Some((ok, data_ok)));
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            Ok(None) => println!("SKIPPED: io_uring is unavailable here"),
+            Ok(Some((ok, data_ok))) => {
+                assert_eq!(ok, 16, "requests the kernel took complete normally");
+                assert!(data_ok);
+                assert_eq!(b.in_flight(), 0);
+            }
+            Err(_) => panic!("requests held by a broken ring never completed"),
+        }
         let _ = std::fs::remove_file(&path);
     }
 }

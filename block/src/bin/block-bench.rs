@@ -104,13 +104,20 @@ fn run(a: Args) -> Result<(), String> {
     // the first slot's buffer, which stays in the CPU caches: 2.5x on 1 MiB
     // null reads at depth 32 here).
     let size = a.size as usize;
+    if a.shared_buffer && !a.size.is_multiple_of(4096) {
+        return Err("--shared-buffer needs a size that is a multiple of 4 KiB (see below)".into());
+    }
     let nbufs = if a.shared_buffer { 1 } else { a.depth };
     let mut bufs: Vec<AlignedBuf> = (0..nbufs).map(|_| AlignedBuf::new(size, 4096)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
     let ptrs: Vec<*mut u8> = bufs.iter_mut().map(|b| b.as_mut_ptr()).collect();
-    // SAFETY: slot i owns buffer i (or, shared, all slots write the same
-    // bytes, which no one reads), and the buffers outlive every request:
+    // SAFETY: slot i owns buffer i, and the buffers outlive every request:
     // the queue, declared after them, is dropped first and waits for
-    // everything in flight.
+    // everything in flight. Shared, several requests write the one buffer
+    // at once, which `IoQueue::submit` does not allow in general; here the
+    // writers are the kernel (io_uring, or a pool thread's pread) and never
+    // Rust code, because the buffer is 4 KiB-aligned and a whole number of
+    // 4 KiB blocks, so no request needs a bounce buffer copied by us. The
+    // bytes are never read.
     let buf = move |slot: usize| ptrs[slot % nbufs];
     let mut q = IoQueue::new(backend.clone(), a.aio).map_err(|e| e.to_string())?;
 

@@ -82,7 +82,7 @@ mem() {{
         case "$line" in
         *VMM-GUEST-READY*)
             pid=$(pidof "$prog" | cut -d' ' -f1)
-            awk -v guest_kb={mem_kb} -v name=$name '
+            [ -r /proc/$pid/smaps ] && awk -v guest_kb={mem_kb} -v name=$name '
                 /^Size:/ {{ size = $2 }}
                 /^Rss:/ {{ rss += $2; if (size >= guest_kb) g += $2 }}
                 END {{ printf "BENCH kind=mem name=%s rss_kb=%d guest_kb=%d\n", name, rss, g }}' /proc/$pid/smaps
@@ -157,7 +157,10 @@ done
     let mut rows = Vec::new();
     let mut medians = std::collections::HashMap::new();
     for (name, label) in VMMS {
-        let (Some(init), Some(exit)) = (Stats::of(&secs("boot", name, "init")), Stats::of(&secs("exit", name, "exit"))) else {
+        let (init_s, exit_s) = (secs("boot", name, "init"), secs("exit", name, "exit"));
+        s.expect_runs(&format!("boot {name}, /init's first line"), init_s.len(), runs as usize);
+        s.expect_runs(&format!("boot {name}, exit"), exit_s.len(), runs as usize);
+        let (Some(init), Some(exit)) = (Stats::of(&init_s), Stats::of(&exit_s)) else {
             missing.push(format!("boot {name}"));
             continue;
         };
@@ -185,7 +188,10 @@ done
         runs.min(3)
     ));
     s.line("");
-    let (om, qm) = (Stats::of(&mem("ours")), Stats::of(&mem("microvm")));
+    let (om, qm) = (mem("ours"), mem("microvm"));
+    s.expect_runs("memory ours", om.len(), runs.min(3) as usize);
+    s.expect_runs("memory QEMU microvm", qm.len(), runs.min(3) as usize);
+    let (om, qm) = (Stats::of(&om), Stats::of(&qm));
     match (om, qm) {
         (Some(o), Some(q)) => {
             s.table(

@@ -123,6 +123,10 @@ done
                 Stats::of(&v)
             };
             let unit = if bs == "1M" { "MiB/s" } else { "IOPS" };
+            for who in ["ours", "qemu-iothread", "qemu"] {
+                let n = samples.iter().filter(|r| r.0 == who && r.1 == job).count();
+                s.expect_runs(&format!("{who} {job}, {label} L1 CPUs"), n, runs as usize);
+            }
             let (Some(o), Some(qi), Some(q)) = (pick("ours"), pick("qemu-iothread"), pick("qemu")) else {
                 missing.push(format!("{job} with {label} L1 CPUs"));
                 continue;
