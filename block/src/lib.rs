@@ -17,6 +17,7 @@ pub mod iov;
 pub mod policy;
 pub mod request;
 pub mod stats;
+pub mod throttle;
 pub mod thread;
 #[cfg(feature = "testing")]
 pub mod fuzz;

@@ -14,6 +14,7 @@
 //! (cache=writeback: L1's tmpfs refuses O_DIRECT) and io_uring.
 //!
 //! Usage: cargo run --release -p e2e --bin bench-virtio-blk [-- RUNS SECONDS]
+//! (`VMM_L1_CPUS=N` in the environment: only that L1 size.)
 
 use std::path::Path;
 use std::time::Duration;
@@ -68,16 +69,32 @@ fn main() {
 img=$WORK/disk.raw
 dd if=/dev/urandom of=$img bs=1M count=512 2>/dev/null
 tag() {{ while IFS= read -r line; do case "$line" in 3\;*) echo "FIO vmm=$1 $line";; *rror*|*fio*|*FIO*|*vmm:*|*qemu*) echo "$1: $line";; esac; done; }}
+# run NAME CMD...: one guest, bounded, so that a hang costs one run (said
+# as HUNG, and counted as runs without a result), not the whole benchmark.
+run() {{
+    name=$1; shift
+    set -o pipefail
+    timeout {limit} "$@" </dev/null 2>&1 | tag $name
+    rc=$?
+    set +o pipefail
+    case $rc in
+    0) ;;
+    124|137|143) echo "HUNG $name";;
+    *) echo "EXIT $name status $rc";;
+    esac
+}}
 Q="qemu-system-x86_64 -M microvm,acpi=on -enable-kvm -cpu host -m 1G -smp 1 -nodefaults -no-user-config -display none -serial stdio"
 D="-drive file=$img,if=none,id=d0,format=raw,cache=writeback,aio=io_uring"
 for i in $(seq {runs}); do
-    $VMM --kernel $IMAGES/vmlinuz --initrd {initrd} --memory 1G --drive if=virtio,file=$img,cache=writeback,aio=io_uring --cmdline '{cmdline}' </dev/null 2>&1 | tag ours
-    $Q -kernel $IMAGES/vmlinuz -initrd {initrd} -append '{cmdline}' $D -object iothread,id=io0 \
-        -device virtio-blk-device,drive=d0,iothread=io0 </dev/null 2>&1 | tag qemu-iothread
-    $Q -kernel $IMAGES/vmlinuz -initrd {initrd} -append '{cmdline}' $D -device virtio-blk-device,drive=d0 </dev/null 2>&1 | tag qemu
+    run ours $VMM --kernel $IMAGES/vmlinuz --initrd {initrd} --memory 1G --drive if=virtio,file=$img,cache=writeback,aio=io_uring --cmdline '{cmdline}'
+    run qemu-iothread $Q -kernel $IMAGES/vmlinuz -initrd {initrd} -append '{cmdline}' $D -object iothread,id=io0 \
+        -device virtio-blk-device,drive=d0,iothread=io0
+    run qemu $Q -kernel $IMAGES/vmlinuz -initrd {initrd} -append '{cmdline}' $D -device virtio-blk-device,drive=d0
 done
 "#,
-        initrd = initrd.display()
+        initrd = initrd.display(),
+        // Three jobs of `secs` plus a boot: four times that is a hang.
+        limit = 4 * (3 * secs + 20),
     );
 
     let mut s = Section::default();
@@ -95,15 +112,22 @@ done
     let mut rows = Vec::new();
     let mut worst: Option<(f64, String)> = None;
     let mut missing = Vec::new();
-    let cpu_counts: Vec<u32> = if e2e::hardware_kvm() { vec![0] } else { vec![1, 2] };
+    // VMM_L1_CPUS in the environment measures that L1 size only.
+    let only: Option<u32> = std::env::var("VMM_L1_CPUS").ok().and_then(|c| c.parse().ok());
+    let cpu_counts: Vec<u32> = if e2e::hardware_kvm() { vec![0] } else { only.map_or(vec![1, 2], |c| vec![c]) };
     for cpus in cpu_counts {
         if cpus > 0 {
             // SAFETY: no other thread runs yet that reads the environment.
             unsafe { std::env::set_var("VMM_L1_CPUS", cpus.to_string()) };
         }
         let run = e2e::run_scenario_with(&script, TIMEOUT, &[qemu], &[firmware[0], firmware[1], &initrd]);
-        for l in run.lines.iter().filter(|l| l.contains("FIO-FAILED") || l.contains("rror")) {
+        for l in run.lines.iter().filter(|l| l.contains("FIO-FAILED") || l.contains("rror") || l.starts_with("HUNG") || l.starts_with("EXIT")) {
             eprintln!("L1 CPUs {cpus}: {l}");
+        }
+        let hung: Vec<&str> = run.lines.iter().filter_map(|l| l.strip_prefix("HUNG ")).collect();
+        if !hung.is_empty() {
+            s.line(format!("With {cpus} L1 CPUs, guests that did not finish within the time limit and were killed: {}.", hung.join(", ")));
+            s.line("");
         }
         // fio terse v3: field 3 job name, 7 read bandwidth (KiB/s), 8 read
         // IOPS, 48 write bandwidth, 49 write IOPS.
