@@ -280,6 +280,47 @@ impl State {
     }
 }
 
+/// The repository's corpus of a fuzz target, `fuzz/corpus/TARGET`, which
+/// every crate's corpus test replays (block, devices and vmm alike).
+pub fn corpus_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
+}
+
+/// Runs `harness` on every file of the target's corpus, in name order,
+/// and returns how many there were. An empty corpus fails (nothing would
+/// be replayed), and a failing input is named.
+pub fn replay(target: &str, harness: fn(&[u8])) -> usize {
+    let dir = corpus_dir(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap_or_else(|e| panic!("{}: {e}", dir.display())).path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{} is empty: nothing would be replayed", dir.display());
+    for f in &files {
+        let data = std::fs::read(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let r = std::panic::catch_unwind(|| harness(&data));
+        assert!(r.is_ok(), "{} fails", f.display());
+    }
+    files.len()
+}
+
+/// Writes hand-made seeds into the target's corpus as `seed-NAME`, when
+/// FUZZ_WRITE_SEEDS is set (the ignored `write_seeds` tests; see
+/// docs/fuzzing.md).
+pub fn write_seeds(target: &str, seeds: Vec<(&str, Vec<u8>)>) {
+    if std::env::var_os("FUZZ_WRITE_SEEDS").is_none() {
+        return;
+    }
+    let dir = corpus_dir(target);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    for (name, data) in seeds {
+        let f = dir.join(format!("seed-{name}"));
+        std::fs::write(&f, data).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    }
+}
+
 thread_local! {
     static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
 }

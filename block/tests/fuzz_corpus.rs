@@ -3,30 +3,10 @@
 //! checks that the hand-made seeds still reach what they were made for.
 //! See docs/fuzzing.md.
 
-use std::path::PathBuf;
-
-fn corpus(target: &str) -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "{} is empty: nothing would be replayed", dir.display());
-    files
-}
-
 #[test]
 fn block_requests_corpus_replays() {
-    let files = corpus("block_requests");
-    for f in &files {
-        let data = std::fs::read(f).unwrap();
-        // A panic names the file.
-        let r = std::panic::catch_unwind(|| block::fuzz::requests(&data));
-        assert!(r.is_ok(), "{} fails", f.display());
-    }
-    eprintln!("replayed {} inputs ({})", files.len(), block::fuzz::image_info());
+    let n = block::fuzz::replay("block_requests", block::fuzz::requests);
+    eprintln!("replayed {n} inputs ({})", block::fuzz::image_info());
 }
 
 #[test]
@@ -42,12 +22,5 @@ fn block_requests_seeds_run() {
 #[test]
 #[ignore]
 fn write_seeds() {
-    if std::env::var_os("FUZZ_WRITE_SEEDS").is_none() {
-        return;
-    }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/block_requests");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, data) in block::fuzz::seeds() {
-        std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
-    }
+    block::fuzz::write_seeds("block_requests", block::fuzz::seeds());
 }

@@ -4,27 +4,11 @@
 //! harnesses on stable Rust, and runs the hand-made seeds. See
 //! docs/fuzzing.md.
 
-use std::path::PathBuf;
-
-fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
-}
+use block::fuzz::write_seeds as write_corpus_seeds;
 
 fn replay(target: &str, harness: fn(&[u8])) {
-    let dir = corpus_dir(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "{} is empty: nothing would be replayed", dir.display());
-    for f in &files {
-        let data = std::fs::read(f).unwrap();
-        let r = std::panic::catch_unwind(|| harness(&data));
-        assert!(r.is_ok(), "{} fails", f.display());
-    }
-    eprintln!("{target}: replayed {} inputs", files.len());
+    let n = block::fuzz::replay(target, harness);
+    eprintln!("{target}: replayed {n} inputs");
 }
 
 #[test]
@@ -101,16 +85,8 @@ fn seeds_run() {
 #[test]
 #[ignore]
 fn write_seeds() {
-    if std::env::var_os("FUZZ_WRITE_SEEDS").is_none() {
-        return;
-    }
-    for (target, seeds) in [("virtio_blk", devices::fuzz::blk::seeds()), ("virtio_mmio", devices::fuzz::mmio::seeds())] {
-        let dir = corpus_dir(target);
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, data) in seeds {
-            std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
-        }
-    }
+    write_corpus_seeds("virtio_blk", devices::fuzz::blk::seeds());
+    write_corpus_seeds("virtio_mmio", devices::fuzz::mmio::seeds());
 }
 
 #[test]
@@ -131,14 +107,7 @@ fn ide_seeds_run() {
 #[test]
 #[ignore]
 fn write_ide_seeds() {
-    if std::env::var_os("FUZZ_WRITE_SEEDS").is_none() {
-        return;
-    }
-    let dir = corpus_dir("ide");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, data) in devices::fuzz::ide::seeds() {
-        std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
-    }
+    write_corpus_seeds("ide", devices::fuzz::ide::seeds());
 }
 
 #[test]
@@ -172,12 +141,5 @@ fn acpi_power_seeds_run() {
 #[test]
 #[ignore]
 fn write_acpi_power_seeds() {
-    if std::env::var_os("FUZZ_WRITE_SEEDS").is_none() {
-        return;
-    }
-    let dir = corpus_dir("acpi_power");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, data) in devices::fuzz::power::seeds() {
-        std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
-    }
+    write_corpus_seeds("acpi_power", devices::fuzz::power::seeds());
 }

@@ -2,29 +2,10 @@
 //! through the harness on stable Rust, and checks that the hand-made seeds
 //! still reach what they were made for. See docs/fuzzing.md.
 
-use std::path::PathBuf;
-
-fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target)
-}
-
 #[test]
 fn qmp_decoder_corpus_replays() {
-    let dir = corpus_dir("qmp_decoder");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "{} is empty: nothing would be replayed", dir.display());
-    for f in &files {
-        let data = std::fs::read(f).unwrap();
-        // A panic names the file.
-        let r = std::panic::catch_unwind(|| vmm::fuzz::qmp_decoder(&data));
-        assert!(r.is_ok(), "{} fails", f.display());
-    }
-    eprintln!("qmp_decoder: replayed {} inputs", files.len());
+    let n = block::fuzz::replay("qmp_decoder", vmm::fuzz::qmp_decoder);
+    eprintln!("qmp_decoder: replayed {n} inputs");
 }
 
 /// The seeds give the messages and errors they were made for.
@@ -69,12 +50,5 @@ fn qmp_decoder_seeds_run() {
 #[test]
 #[ignore]
 fn write_seeds() {
-    if std::env::var_os("FUZZ_WRITE_SEEDS").is_none() {
-        return;
-    }
-    let dir = corpus_dir("qmp_decoder");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, data) in vmm::fuzz::seeds() {
-        std::fs::write(dir.join(format!("seed-{name}")), data).unwrap();
-    }
+    block::fuzz::write_seeds("qmp_decoder", vmm::fuzz::seeds());
 }
