@@ -775,6 +775,42 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 
+    /// A drive over a scratch file opened with O_DIRECT, so that
+    /// completions arrive later, from the device, rather than during
+    /// submission from the page cache. The file lives under target/ (tmpfs
+    /// refuses O_DIRECT) and goes when this does. None, with SKIPPED said,
+    /// where O_DIRECT is refused.
+    struct DirectDrive {
+        backend: Arc<BlockBackend>,
+        path: std::path::PathBuf,
+    }
+
+    impl DirectDrive {
+        fn new(name: &str, data: &[u8]) -> Option<Self> {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{name}-{}", std::process::id()));
+            std::fs::write(&path, data).unwrap();
+            let drv = match crate::drivers::raw::RawFile::open(&path, true, crate::CacheMode::None) {
+                Ok(d) => d,
+                Err(e) => {
+                    println!("SKIPPED: O_DIRECT is refused under target/ ({e})");
+                    let _ = std::fs::remove_file(&path);
+                    return None;
+                }
+            };
+            let backend = Arc::new(BlockBackend::new("b"));
+            backend.insert_medium(Arc::new(drv), "b").unwrap();
+            Some(DirectDrive { backend, path })
+        }
+    }
+
+    impl Drop for DirectDrive {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
     /// The virtio worker's pattern: the queue is made on one thread and
     /// used on another, whose owner sleeps on the queue's eventfd (in
     /// epoll) and then polls, never calling `wait`. Every completion must
@@ -782,24 +818,9 @@ mod tests {
     /// took (a DEFER_TASKRUN ring posts completions only on request).
     #[test]
     fn an_owner_on_another_thread_sleeping_on_the_eventfd_gets_every_completion() {
-        // O_DIRECT on a real disk (the build directory; tmpfs refuses it),
-        // so that completions arrive later, from the device, rather than
-        // during submission from the page cache.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("aio-efd-{}", std::process::id()));
         let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
-        let drv = match crate::drivers::raw::RawFile::open(&path, true, crate::CacheMode::None) {
-            Ok(d) => d,
-            Err(e) => {
-                println!("SKIPPED: O_DIRECT is refused under target/ ({e})");
-                let _ = std::fs::remove_file(&path);
-                return;
-            }
-        };
-        let b = Arc::new(BlockBackend::new("b"));
-        b.insert_medium(Arc::new(drv), "b").unwrap();
+        let Some(drive) = DirectDrive::new("aio-efd", &data) else { return };
+        let b = drive.backend.clone();
         let q = IoQueue::new(b.clone(), AioEngine::IoUring).unwrap();
         if q.engine() != AioEngine::IoUring {
             println!("SKIPPED: io_uring is unavailable here");
@@ -845,7 +866,6 @@ mod tests {
         });
         assert_eq!(owner.join().unwrap(), 256);
         assert_eq!(b.in_flight(), 0);
-        let _ = std::fs::remove_file(&path);
     }
 
     /// A ring that breaks while the kernel holds requests must still
@@ -854,20 +874,8 @@ mod tests {
     /// that, the wait below never returns (the watchdog fails the test).
     #[test]
     fn a_ring_broken_with_requests_in_the_kernel_still_completes_them() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("aio-broken-inflight-{}", std::process::id()));
-        std::fs::write(&path, vec![9u8; 1 << 20]).unwrap();
-        let drv = match crate::drivers::raw::RawFile::open(&path, true, crate::CacheMode::None) {
-            Ok(d) => d,
-            Err(e) => {
-                println!("SKIPPED: O_DIRECT is refused under target/ ({e})");
-                let _ = std::fs::remove_file(&path);
-                return;
-            }
-        };
-        let b = Arc::new(BlockBackend::new("b"));
-        b.insert_medium(Arc::new(drv), "b").unwrap();
+        let Some(drive) = DirectDrive::new("aio-broken-inflight", &vec![9u8; 1 << 20]) else { return };
+        let b = drive.backend.clone();
         let (tx, rx) = std::sync::mpsc::channel();
         let b2 = b.clone();
         std::thread::spawn(move || {
@@ -903,6 +911,5 @@ mod tests {
             }
             Err(_) => panic!("requests held by a broken ring never completed"),
         }
-        let _ = std::fs::remove_file(&path);
     }
 }
