@@ -7,6 +7,14 @@
 //! This module is only the arithmetic, on a clock the caller passes in
 //! (nanoseconds), so that it can be tested against QEMU's own cases; the
 //! queue of waiting requests and the timer live with the drive.
+//!
+//! `group` shares limits between drives and schedules them; `timer` is
+//! the timerfd an I/O queue's event loop waits on.
+
+pub mod group;
+pub mod timer;
+
+pub use group::{now_ns, Group, Member};
 
 /// QEMU's THROTTLE_VALUE_MAX: the largest rate or burst accepted.
 pub const VALUE_MAX: u64 = 1_000_000_000_000_000;
