@@ -24,6 +24,7 @@ use crate::iov::{dup_all, IoVec};
 use crate::policy::{ErrorAction, OnError};
 use crate::request::{Op, Request};
 use crate::stats::Stats;
+use crate::throttle::drive::DriveLimits;
 
 /// QEMU's cap on one request (BDRV_REQUEST_MAX_BYTES, about 2 GiB).
 pub const MAX_REQUEST_BYTES: u64 = (i32::MAX as u64) & !511;
@@ -107,6 +108,7 @@ pub struct BlockBackend {
     /// Unaligned writes do read-modify-write of whole blocks; see `gate`.
     gate: WriteGate,
     drain: Drain,
+    limits: DriveLimits,
 }
 
 impl BlockBackend {
@@ -131,6 +133,7 @@ impl BlockBackend {
             events: Mutex::new(None),
             gate: WriteGate::default(),
             drain: Drain::default(),
+            limits: DriveLimits::default(),
         }
     }
 
@@ -505,7 +508,10 @@ impl BlockBackend {
         self.drain.enter_blocking();
         let _leave = Guard(|| self.drain.leave(1));
         match self.prepare(req)? {
-            Some((drv, job)) => crate::io::exec(&self.gate, &*drv, job, req.iov()),
+            Some((drv, job)) => {
+                self.limits.wait(job.op, job.len);
+                crate::io::exec(&self.gate, &*drv, job, req.iov())
+            }
             None => Ok(()),
         }
     }
@@ -628,6 +634,39 @@ impl BlockBackend {
         Ok(())
     }
 
+    // --- I/O limits ----------------------------------------------------
+
+    /// QMP block_set_io_throttle and `throttling.*`: sets the drive's
+    /// limits (QEMU's validity rules and messages), in a drained section so
+    /// that nothing waits on the old ones. The drive joins `group`, or
+    /// stays in its own; without one it is a group named after the drive.
+    /// Limits with no rate set turn throttling off and leave the group.
+    pub fn set_io_limits(&self, cfg: &crate::throttle::Config, group: Option<&str>) -> Result<(), String> {
+        cfg.validate()?;
+        self.drained(|| self.limits.set(cfg, group, &self.name));
+        Ok(())
+    }
+
+    /// The drive's limits and its group's name, when it has limits.
+    pub fn io_limits(&self) -> Option<(crate::throttle::Config, String)> {
+        self.limits.get()
+    }
+
+    /// Lets the drive's requests go without waiting for its limits until
+    /// `io_limits_enable` (nested; drained sections do it too): for a
+    /// stop, whose vCPUs may be waiting in a throttled request.
+    pub fn io_limits_disable(&self) {
+        self.limits.disable();
+    }
+
+    pub fn io_limits_enable(&self) {
+        self.limits.enable();
+    }
+
+    pub(crate) fn limits(&self) -> &DriveLimits {
+        &self.limits
+    }
+
     // --- in flight and drain -------------------------------------------
 
     /// Admits an asynchronous request unless a section is open; `waker`
@@ -665,6 +704,8 @@ impl BlockBackend {
     /// Closes a section; on the last one the device resumes and waiting
     /// requests go on. Panics without a matching `drained_begin`.
     pub fn drained_end(&self) {
+        assert!(self.drain.is_drained(), "block: drained_end without drained_begin");
+        self.limits.enable();
         self.drain.end(|| self.dev());
     }
 
@@ -675,8 +716,11 @@ impl BlockBackend {
         self.drained_end();
     }
 
+    /// Opens a section without waiting. Throttled requests go at once
+    /// (QEMU's io_limits_disabled), or the section would wait for them.
     pub(crate) fn quiesce_begin(&self) {
         self.drain.begin(|| self.dev());
+        self.limits.disable();
     }
 
     pub(crate) fn wait_idle(&self) {

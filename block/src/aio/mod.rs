@@ -20,6 +20,11 @@
 //! Completions that are ready at submission do not touch the eventfd:
 //! callers poll after each batch they submit.
 //!
+//! A drive with I/O limits (`throttle`) holds requests over budget in
+//! order, one queue per direction, after QEMU's checks and before any
+//! engine sees them; the queue's timer (`timer_fd`, for the owner's event
+//! loop) fires when the group lets one go.
+//!
 //! A request counts as in flight for drain from its admission until `poll`
 //! hands its completion back. Requests submitted while a drained section is
 //! open are parked, in order, and started once the section ends (the
@@ -43,6 +48,8 @@ use crate::drivers::options::AioEngine;
 use crate::io::{exec, needs_bounce, Job};
 use crate::iov::{advance, total_len, zero, IoVec};
 use crate::request::{Completion, Op, Request};
+use crate::throttle::drive::Ticket;
+use crate::throttle::timer::Timer;
 use pool::Pool;
 
 /// Ring size; also the most requests one queue keeps in io_uring at once
@@ -155,6 +162,18 @@ pub struct IoQueue {
     deferred_ack: bool,
     /// Completions handed back and not yet acknowledged.
     unacked: usize,
+    /// Requests held by the drive's I/O limits, per direction, in order.
+    throttled: [VecDeque<Throttled>; 2],
+    /// Set by the drive's throttle group when a held request may go.
+    timer: Arc<Timer>,
+}
+
+/// A request the drive's limits hold, checked and ready to run.
+struct Throttled {
+    ticket: Ticket,
+    drv: Arc<dyn BlockDriver>,
+    job: Job,
+    req: Request,
 }
 
 fn io_uring_unavailable(e: &std::io::Error) {
@@ -200,14 +219,6 @@ fn new_ring() -> std::io::Result<(IoUring, bool)> {
     coop().build(RING_ENTRIES).or_else(|_| IoUring::new(RING_ENTRIES)).map(|r| (r, false))
 }
 
-/// Sleeps until the eventfd is readable or `timeout_ms` passes (-1: no
-/// limit), then clears it.
-fn wait_eventfd(efd: &EventFd, timeout_ms: i32) {
-    let mut p = libc::pollfd { fd: efd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: polls one descriptor we own.
-    unsafe { libc::poll(&mut p, 1, timeout_ms) };
-    let _ = efd.read();
-}
 
 impl IoQueue {
     /// A queue for `backend`. `AioEngine::IoUring` falls back to the thread
@@ -229,6 +240,8 @@ impl IoQueue {
             None => (None, false),
         };
         let shared = Arc::new(Shared { efd, done: Mutex::new(Vec::new()) });
+        let timer = Arc::new(Timer::new().map_err(|e| crate::Error::Queue(e.to_string()))?);
+        backend.limits().add_timer(&timer);
         let for_waker = shared.clone();
         Ok(IoQueue {
             backend,
@@ -251,6 +264,8 @@ impl IoQueue {
             pool_inflight: 0,
             deferred_ack: false,
             unacked: 0,
+            throttled: Default::default(),
+            timer,
         })
     }
 
@@ -284,9 +299,47 @@ impl IoQueue {
         self.in_flight() + self.parked.len()
     }
 
-    /// Requests started and not yet handed back.
+    /// Requests admitted and not yet handed back (throttled ones too).
     fn in_flight(&self) -> usize {
-        self.ring_inflight + self.pool_inflight + self.ready.len()
+        self.ring_inflight + self.pool_inflight + self.ready.len() + self.throttled()
+    }
+
+    /// Requests the drive's I/O limits hold.
+    pub fn throttled(&self) -> usize {
+        self.throttled[0].len() + self.throttled[1].len()
+    }
+
+    /// Readable when the drive's I/O limits may let a held request go:
+    /// call `on_timer`.
+    pub fn timer_fd(&self) -> RawFd {
+        self.timer.as_raw_fd()
+    }
+
+    /// Clears the timer and polls: what an event loop calls when
+    /// `timer_fd` is readable.
+    pub fn on_timer(&mut self, out: &mut Vec<Completion>) -> usize {
+        self.timer.clear();
+        self.poll(out)
+    }
+
+    /// Starts the held requests the drive's limits let go now, in order,
+    /// and sets the timer for the next one the member waits on.
+    fn release_throttled(&mut self) {
+        if self.throttled() == 0 {
+            return;
+        }
+        let now = crate::throttle::now_ns();
+        for d in 0..2 {
+            while self.throttled[d].front().is_some_and(|t| t.ticket.may_go(now)) {
+                if let Some(t) = self.throttled[d].pop_front() {
+                    self.dispatch(t.drv, t.job, t.req);
+                }
+            }
+        }
+        let next = self.throttled.iter().filter_map(|q| q.front()).filter_map(|t| t.ticket.next_timer()).min();
+        if let Some(at) = next {
+            self.timer.set_at(at);
+        }
     }
 
     /// Requests waiting for a drained section to end.
@@ -327,6 +380,15 @@ impl IoQueue {
             Ok(None) => return self.ready.push(Completion { token: req.token(), result: Ok(()) }),
             Err(e) => return self.ready.push(Completion { token: req.token(), result: Err(e) }),
         };
+        if let Some(ticket) = self.backend.limits().intercept(job.op, job.len) {
+            let d = ticket.dir as usize;
+            return self.throttled[d].push_back(Throttled { ticket, drv, job, req });
+        }
+        self.dispatch(drv, job, req);
+    }
+
+    /// Runs a checked request now, or queues it with an engine.
+    fn dispatch(&mut self, drv: Arc<dyn BlockDriver>, job: Job, req: Request) {
         let mode = drv.async_mode();
         // A flush that the file drops (cache=unsafe) is as cheap as null's.
         let inline = mode == AsyncMode::Inline || (job.op == Op::Flush && matches!(mode, AsyncMode::File { flush: false, .. }));
@@ -519,6 +581,7 @@ impl IoQueue {
     pub fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
         let before = out.len();
         self.unpark();
+        self.release_throttled();
         out.append(&mut self.ready);
         if self.pool_inflight > 0 {
             let mut done = self.shared.done.lock().unwrap_or_else(|e| e.into_inner());
@@ -660,18 +723,24 @@ impl IoQueue {
         self.flush_submissions();
         if self.has_unsubmitted() {
             // The kernel refused them for now; try again shortly.
-            return wait_eventfd(&self.shared.efd, 1);
+            return self.wait_events(1);
         }
         self.enable_ring();
         match self.ring.as_ref() {
             // Only io_uring to wait for: let the kernel block us.
-            Some(ring) if !self.ring_broken && self.pool_inflight == 0 && self.ring_inflight > 0 && self.parked.is_empty() => {
+            Some(ring)
+                if !self.ring_broken
+                    && self.pool_inflight == 0
+                    && self.ring_inflight > 0
+                    && self.parked.is_empty()
+                    && self.throttled() == 0 =>
+            {
                 if let Err(e) = ring.submitter().submit_and_wait(1) {
                     match classify(&e) {
                         EnterError::Retry => {}
                         // The eventfd (registered with the ring) wakes us;
                         // the timeout only bounds a missed wake-up.
-                        EnterError::Later => wait_eventfd(&self.shared.efd, 1),
+                        EnterError::Later => self.wait_events(1),
                         EnterError::Broken => {
                             io_uring_broken(&e);
                             self.break_ring(Errno(e.raw_os_error().unwrap_or(libc::EIO)));
@@ -682,9 +751,20 @@ impl IoQueue {
             // The pool, the waker of parked requests and the ring (through
             // its registered eventfd) signal the eventfd. A broken ring's
             // last completions are looked for every 10 ms.
-            _ if self.ring_broken => wait_eventfd(&self.shared.efd, 10),
-            _ => wait_eventfd(&self.shared.efd, -1),
+            _ if self.ring_broken => self.wait_events(10),
+            _ => self.wait_events(-1),
         }
+    }
+
+    /// Sleeps until the eventfd or the timer is readable or `timeout_ms`
+    /// passes (-1: no limit), then clears both.
+    fn wait_events(&self, timeout_ms: i32) {
+        let ev = |fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut p = [ev(self.shared.efd.as_raw_fd()), ev(self.timer.as_raw_fd())];
+        // SAFETY: polls two descriptors we own.
+        unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) };
+        let _ = self.shared.efd.read();
+        self.timer.clear();
     }
 
     /// Drains the drive from the queue's own thread: the device is held
@@ -718,6 +798,9 @@ impl Drop for IoQueue {
     /// never started and are dropped.
     fn drop(&mut self) {
         self.parked.clear();
+        // Throttled requests were admitted: they run now rather than wait
+        // for their turn (their memory is valid until this returns).
+        self.backend.io_limits_disable();
         let mut sink = Vec::new();
         self.poll(&mut sink);
         while self.in_flight() > 0 {
@@ -725,6 +808,7 @@ impl Drop for IoQueue {
             self.poll(&mut sink);
         }
         self.ack();
+        self.backend.io_limits_enable();
         self.pool.close();
     }
 }

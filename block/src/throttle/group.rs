@@ -77,7 +77,7 @@ impl Slot {
 
 /// What a request learns from `Core::intercept`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
+pub(crate) enum Admission {
     /// Accounted: run it now.
     Go,
     /// Wait until `released(member, dir) > ticket`.
@@ -106,6 +106,7 @@ impl Core {
         *self.state.config()
     }
 
+    #[cfg(test)]
     pub fn members(&self) -> usize {
         self.slots.len()
     }
@@ -163,6 +164,7 @@ impl Core {
     }
 
     /// Whether the member has requests waiting (either direction).
+    #[cfg(test)]
     pub fn has_waiting(&self, id: MemberId) -> bool {
         self.idx(id).is_some_and(|i| self.slots[i].pending(0) || self.slots[i].pending(1))
     }

@@ -11,6 +11,7 @@
 //! `group` shares limits between drives and schedules them; `timer` is
 //! the timerfd an I/O queue's event loop waits on.
 
+pub(crate) mod drive;
 pub mod group;
 pub mod timer;
 
