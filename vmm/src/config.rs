@@ -83,6 +83,8 @@ pub struct DriveConfig {
     pub serial: Option<String>,
     /// `x-inject=` / `x-latency=` rules armed at start (issue 12).
     pub inject: Vec<InjectRule>,
+    /// `throttling.*`: I/O limits and their group (issue 14).
+    pub throttling: crate::throttling::Throttling,
 }
 
 /// A fault or latency rule from the command line, armed on the drive's
@@ -338,6 +340,7 @@ fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
     let mut id = String::new();
     let mut serial = None;
     let mut inject = Vec::new();
+    let mut throttling = crate::throttling::Throttling::default();
     let mut seen = HashSet::new();
 
     if spec.trim().is_empty() {
@@ -399,7 +402,10 @@ fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
                 serial = Some(value.to_string());
             }
             "x-inject" | "x-latency" => inject.push(parse_inject(key, value)?),
-            _ => return Err(format!("unknown key '{key}'")),
+            _ => match key.strip_prefix("throttling.") {
+                Some(k) if throttling.set_key(k, value)? => {}
+                _ => return Err(format!("unknown key '{key}'")),
+            },
         }
     }
 
@@ -422,7 +428,8 @@ fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
         None if !inject.is_empty() => return Err("x-inject/x-latency need a medium (file=)".into()),
         None => {}
     }
-    Ok(DriveConfig { file, interface, media, index, readonly, cache, aio, discard, werror, rerror, id, serial, inject })
+    throttling.validate()?;
+    Ok(DriveConfig { file, interface, media, index, readonly, cache, aio, discard, werror, rerror, id, serial, inject, throttling })
 }
 
 /// Splits on commas, with QEMU's escape: ",," is a literal comma (for paths).

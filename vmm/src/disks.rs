@@ -29,6 +29,11 @@ pub fn open_backend(d: &DriveConfig) -> Result<Arc<BlockBackend>> {
     backend.set_discard(d.discard);
     backend.set_on_error(d.rerror, d.werror).map_err(|e| Error::Drive(d.id.clone(), e.to_string()))?;
     backend.iostatus_enable();
+    // As QEMU's blockdev_init: a group without any limit is no throttling.
+    let t = &d.throttling;
+    if t.cfg.enabled() {
+        backend.set_io_limits(&t.cfg, t.group.as_deref()).map_err(|e| Error::Drive(d.id.clone(), e))?;
+    }
     if let Some(path) = &d.file {
         let raw = RawFile::open(path, d.readonly, d.cache).map_err(|e| Error::Drive(d.id.clone(), e.to_string()))?;
         backend

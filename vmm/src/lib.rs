@@ -17,6 +17,7 @@ pub mod ide;
 pub mod machine;
 pub mod qmp;
 pub mod runstate;
+pub mod throttling;
 pub mod vcpu;
 
 use std::path::PathBuf;

@@ -193,6 +193,13 @@ impl Controller {
     /// a stopped VM has nothing in flight and everything written is on
     /// disk.
     fn vm_stop(&mut self, to: RunState) {
+        // A vCPU may be waiting in a throttled IDE request: its drive's
+        // limits are lifted until the drain is done, as QEMU's drain
+        // lifts them, so the vCPU can finish its exit and stop.
+        let backends: Vec<Arc<BlockBackend>> = self.drives.iter().map(|d| d.backend.clone()).collect();
+        for b in &backends {
+            b.io_limits_disable();
+        }
         if self.state.is_running() {
             let stuck = self.control.pause(&self.vcpus, PAUSE_LIMIT);
             if stuck > 0 {
@@ -209,8 +216,10 @@ impl Controller {
         for h in &self.virtio {
             h.vm_stop();
         }
-        let backends: Vec<Arc<BlockBackend>> = self.drives.iter().map(|d| d.backend.clone()).collect();
         let busy = BlockBackend::drain_all_for(&backends, DRAIN_LIMIT);
+        for b in &backends {
+            b.io_limits_enable();
+        }
         for (drive, n) in &busy {
             eprintln!(
                 "vmm: drive '{drive}': {n} request(s) still in flight after {} s; stopped without waiting for them",

@@ -12,6 +12,7 @@ use super::inject;
 use super::media::{self, Nodes};
 use super::protocol::{self, parse_request, reply_err, reply_ok, Args, Input, QmpError};
 use crate::runstate::RunState;
+use crate::throttling;
 
 /// What the control socket can ask of the machine. The machine queues
 /// the events its actions cause (`take_events`), which the server sends
@@ -63,6 +64,7 @@ pub const COMMANDS: &[&str] = &[
     "blockdev-add",
     "blockdev-del",
     "block_resize",
+    "block_set_io_throttle",
     "x-block-error-inject",
     "x-block-latency-inject",
     "x-block-error-clear",
@@ -178,11 +180,26 @@ fn execute(m: &mut dyn Machine, name: &str, a: Args<'_>) -> Result<Value, QmpErr
             let drives = m.drives();
             media::block_resize(&drives, m.nodes(), a).map(|_| ok)
         }
+        "block_set_io_throttle" => set_io_throttle(&m.drives(), a).map(|_| ok),
         "x-block-error-inject" => inject::error_inject(&m.drives(), a).map(|_| ok),
         "x-block-latency-inject" => inject::latency_inject(&m.drives(), a).map(|_| ok),
         "x-block-error-clear" => inject::clear(&m.drives(), a).map(|_| ok),
         _ => Err(QmpError::not_found(format!("The command {name} has not been found"))),
     }
+}
+
+/// QEMU's qmp_block_set_io_throttle: the drive (by `device` or `id`) must
+/// have a medium; limits that are all zero turn throttling off; a drive
+/// without limits joins `group`, or a group named after itself.
+fn set_io_throttle(drives: &[Drive], a: Args<'_>) -> Result<(), QmpError> {
+    let allowed = throttling::qmp_args();
+    a.only(&allowed.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let (d, _) = media::drive(drives, &a)?;
+    if !d.backend.is_inserted() {
+        return Err(QmpError::generic("Device has no medium"));
+    }
+    let (cfg, group) = throttling::from_qmp(&a)?;
+    d.backend.set_io_limits(&cfg, group.as_deref()).map_err(QmpError::generic)
 }
 
 fn io_status(s: IoStatus) -> &'static str {
@@ -225,6 +242,9 @@ pub fn block_info(d: &Drive) -> Value {
             "cache": {"writeback": b.write_cache(), "direct": false, "no-flush": false},
             "image": {"filename": file, "format": drv, "virtual-size": size},
         });
+        if let Some(m) = info["inserted"].as_object_mut() {
+            m.extend(throttling::info_fields(b.io_limits()));
+        }
     }
     if let Some(rules) = inject::listing(d) {
         info["x-inject"] = rules;
@@ -344,6 +364,46 @@ mod tests {
             let r = send(&mut s, &mut m, json!({"execute": c}));
             assert_ne!(r["error"]["class"], "CommandNotFound", "{c}: {r}");
         }
+    }
+
+    #[test]
+    fn block_set_io_throttle_sets_checks_and_reports_limits() {
+        let (mut s, mut m) = (Session { negotiated: true }, Fake::default());
+        let b = Arc::new(BlockBackend::new("qmp-throttle-d0"));
+        m.drives.push(Drive { backend: b.clone(), qdev: "qmp-throttle-d0".into(), cache: Default::default() });
+        let rates = |bps: u64| json!({"device": "qmp-throttle-d0", "bps": bps, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0});
+        let call = |s: &mut Session, m: &mut Fake, args: Value| send(s, m, json!({"execute": "block_set_io_throttle", "arguments": args}));
+        assert_eq!(call(&mut s, &mut m, rates(1 << 20))["error"]["desc"], "Device has no medium");
+        b.insert_medium(Arc::new(block::drivers::null::NullDriver::new(4096)), "null-co://").unwrap();
+        let mut missing = rates(1);
+        missing.as_object_mut().unwrap().remove("iops_wr");
+        assert_eq!(call(&mut s, &mut m, missing)["error"]["desc"], "Parameter 'iops_wr' is missing");
+        let mut both = rates(1 << 20);
+        both["bps_rd"] = json!(1);
+        let r = call(&mut s, &mut m, both);
+        assert_eq!(r["error"]["desc"], "bps/iops/max total values and read/write values cannot be used at the same time");
+        let mut other = rates(1);
+        other["device"] = json!("nope");
+        assert_eq!(call(&mut s, &mut m, other)["error"]["class"], "DeviceNotFound");
+        // Set with a burst: query-block reports it as QEMU does.
+        let mut burst = rates(4 << 20);
+        burst["bps_max"] = json!(8 << 20);
+        burst["bps_max_length"] = json!(2);
+        assert_eq!(call(&mut s, &mut m, burst), json!({"return": {}}));
+        let r = send(&mut s, &mut m, json!({"execute": "query-block"}));
+        let ins = &r["return"][0]["inserted"];
+        assert_eq!((ins["bps"].as_u64(), ins["bps_max"].as_u64(), ins["bps_max_length"].as_u64()), (Some(4 << 20), Some(8 << 20), Some(2)));
+        assert_eq!((ins["iops"].as_u64(), ins["group"].as_str()), (Some(0), Some("qmp-throttle-d0")));
+        // A named group, then all zeros: off, and no group reported.
+        let mut grouped = rates(1 << 20);
+        grouped["group"] = json!("qmp-throttle-g");
+        assert_eq!(call(&mut s, &mut m, grouped), json!({"return": {}}));
+        assert_eq!(b.io_limits().unwrap().1, "qmp-throttle-g");
+        assert_eq!(call(&mut s, &mut m, rates(0)), json!({"return": {}}));
+        assert!(b.io_limits().is_none());
+        let r = send(&mut s, &mut m, json!({"execute": "query-block"}));
+        assert!(r["return"][0]["inserted"].get("group").is_none());
+        assert_eq!(r["return"][0]["inserted"]["bps"], 0);
     }
 
     #[test]

@@ -45,7 +45,7 @@ fn err(desc: String) -> QmpError {
 /// QEMU's qmp_get_blk: exactly one of `device` (the drive's name) and `id`
 /// (its device's id; the same name here). Returns the drive and the name
 /// to use in messages.
-fn drive<'a>(drives: &'a [Drive], a: &Args<'_>) -> Result<(&'a Drive, String), QmpError> {
+pub(super) fn drive<'a>(drives: &'a [Drive], a: &Args<'_>) -> Result<(&'a Drive, String), QmpError> {
     let (device, id) = (a.opt_str("device")?, a.opt_str("id")?);
     let (name, by_id) = match (device, id) {
         (Some(n), None) => (n, false),

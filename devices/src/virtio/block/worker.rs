@@ -59,6 +59,8 @@ pub(super) struct Worker {
 const NOTIFY: u64 = 0;
 const COMPLETIONS: u64 = 1;
 const KICK: u64 = 2;
+/// The drive's I/O limits may let a held request go.
+const THROTTLE: u64 = 3;
 
 impl Worker {
     pub(super) fn new(mut a: Activation, ioq: IoQueue, shared: Arc<Shared>, serial: Vec<u8>) -> std::io::Result<Self> {
@@ -111,6 +113,7 @@ impl Worker {
                             NOTIFY => drop(self.notify.read()),
                             KICK => drop(self.shared.kick.read()),
                             COMPLETIONS => drop(self.ioq.on_event(&mut self.done)),
+                            THROTTLE => drop(self.ioq.on_timer(&mut self.done)),
                             _ => {}
                         }
                     }
@@ -146,6 +149,7 @@ impl Worker {
             (self.notify.as_raw_fd(), NOTIFY),
             (self.ioq.eventfd(), COMPLETIONS),
             (self.shared.kick.as_raw_fd(), KICK),
+            (self.ioq.timer_fd(), THROTTLE),
         ] {
             epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))?;
         }
