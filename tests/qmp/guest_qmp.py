@@ -242,10 +242,11 @@ async def next_event(q, name, timeout=300):
             return ev
 
 
-async def go(q, n):
+async def go(q, n, device="virtio2"):
     """The guest waits for the host between steps by watching the size of
-    a small signal disk (virtio2): the host grows it by 1 MiB per step."""
-    await ok(q, "block_resize", device="virtio2", size=(1 + n) << 20)
+    a small signal disk (virtio2 unless said): the host grows it by 1 MiB
+    per step."""
+    await ok(q, "block_resize", device=device, size=(1 + n) << 20)
 
 
 async def error_policies(con, q, images):
@@ -359,11 +360,49 @@ async def error_policies(con, q, images):
     await wait_console(con, "GUEST-END=")
 
 
+def limits(bps, **more):
+    """block_set_io_throttle's arguments for virtio0: `bps` total, the
+    other five rates 0."""
+    return {"device": "virtio0", "bps": bps, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0, **more}
+
+
+async def throttle(con, q, images):
+    """Issue 14: limits set over QMP on an unthrottled drive, on the VM
+    started paused and while it runs; the guest times its reads."""
+    step("1: before the guest starts: virtio0 to 4 MiB/s")
+    check(await status(q) == "prelaunch", "started paused")
+    ins = (await block(q, "virtio0"))["inserted"]
+    check(ins["bps"] == 0 and "group" not in ins, ins)
+    r, err, _ = await run(q, "block_set_io_throttle", **limits(1 << 20, bps_rd=1))
+    check(err == "bps/iops/max total values and read/write values cannot be used at the same time", err)
+    r, err, _ = await run(q, "block_set_io_throttle", **limits(1 << 20, bps_max=1 << 19))
+    check(err == "bps_max/iops_max cannot be lower than bps/iops", err)
+    await ok(q, "block_set_io_throttle", **limits(4 << 20))
+    ins = (await block(q, "virtio0"))["inserted"]
+    check(ins["bps"] == 4 << 20 and ins["group"] == "virtio0", ins)
+    await ok(q, "cont")
+    await wait_console(con, "SLOW1-CS=")
+
+    step("2: while it runs: limits off")
+    await wait_console(con, "G-READY-OFF")
+    await ok(q, "block_set_io_throttle", **limits(0))
+    ins = (await block(q, "virtio0"))["inserted"]
+    check(ins["bps"] == 0 and "group" not in ins, ins)
+    await go(q, 2, "virtio1")
+    await wait_console(con, "FAST-CS=")
+
+    step("3: while it runs: 4 MiB/s again")
+    await wait_console(con, "G-READY-ON")
+    await ok(q, "block_set_io_throttle", **limits(4 << 20))
+    await go(q, 3, "virtio1")
+    await wait_console(con, "GUEST-END=")
+
+
 async def main():
     con = Console(SPEC["argv"], SPEC["env"])
     try:
         q = await connect(SPEC["qmp"])
-        scenarios = {"media_and_run_state": scenario, "error_policies": error_policies}
+        scenarios = {"media_and_run_state": scenario, "error_policies": error_policies, "throttle": throttle}
         await scenarios[SPEC.get("scenario", "media_and_run_state")](con, q, SPEC["images"])
         try:
             await q.disconnect()

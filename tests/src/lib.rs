@@ -492,6 +492,23 @@ fn collect(mut child: Child, timeout: Duration) -> Run {
     run
 }
 
+/// A guest command that waits (up to two minutes) until the signal disk
+/// `/dev/DEV` has grown to `mib` MiB, the host's go-ahead: QMP scenarios
+/// grow it with block_resize between steps.
+pub fn signal_wait(dev: &str, mib: u64) -> String {
+    let sectors = mib * 2048;
+    let size = format!("$(cat /sys/block/{dev}/size)");
+    format!("n=0; until [ {size} -ge {sectors} ]; do n=$((n+1)); [ $n -gt 1200 ] && break; sleep 0.1; done; [ {size} -ge {sectors} ]")
+}
+
+/// Guest lines that time `cmd` (a checked step labelled `label`) on the
+/// guest's own clock and print `LABEL-CS=` centiseconds.
+pub fn timed_step(g: &mut Script, label: &str, cmd: &str) {
+    g.line("read up idle </proc/uptime; t0=${up%.*}${up#*.}");
+    g.ok_as(label, cmd);
+    g.line(format!("read up idle </proc/uptime; echo {label}-CS=$(( ${{up%.*}}${{up#*.}} - t0 ))"));
+}
+
 /// The usual way to start the demo guest in a scenario: `$VMM` with the
 /// Debian kernel and our initramfs, running `run` in the guest.
 pub fn vmm_command(extra_args: &str, guest_run: &str) -> String {

@@ -27,8 +27,7 @@ const TIMEOUT: Duration = Duration::from_secs(900);
 
 /// Waits until the signal disk has grown to `mib` MiB (the host's go).
 fn go(mib: u64) -> String {
-    let sectors = mib * 2048;
-    format!("n=0; until [ $(cat /sys/block/vdc/size) -ge {sectors} ]; do n=$((n+1)); [ $n -gt 1200 ] && break; sleep 0.1; done; [ $(cat /sys/block/vdc/size) -ge {sectors} ]")
+    e2e::signal_wait("vdc", mib)
 }
 
 fn guest_script() -> Script {
