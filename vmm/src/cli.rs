@@ -38,7 +38,9 @@ pub struct Cli {
     /// index, format=raw, readonly=on|off,
     /// cache=writeback|writethrough|none|directsync|unsafe,
     /// aio=io_uring|threads, discard=ignore|unmap, werror=report|ignore|enospc|stop,
-    /// rerror=report|ignore|stop, id, serial; and ours, repeatable:
+    /// rerror=report|ignore|stop, id, serial; I/O limits:
+    /// throttling.{bps,iops}-{total,read,write}[-max[-length]],
+    /// throttling.iops-size, throttling.group; and ours, repeatable:
     /// x-inject=OP:ERRNO[:once][@SECTOR[+COUNT]], x-latency=OP:MS[@SECTOR[+COUNT]].
     #[arg(long, value_name = "KEY=VAL,...")]
     pub drive: Vec<String>,

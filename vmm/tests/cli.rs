@@ -195,6 +195,15 @@ fn drive_errors() {
     assert_bad_input(&["--kernel", &k, "--drive", &a, "--drive", &a], "index 1 is already in use");
     let cd = format!("file={f},index=2");
     assert_bad_input(&["--kernel", &k, "--drive", &cd, "--cdrom", &f], "index 2");
+    // Throttling: QEMU's validity rules with its messages, bad numbers by name.
+    let both = format!("file={f},if=virtio,throttling.bps-total=1M,throttling.bps-read=1M");
+    assert_bad_input(&["--kernel", &k, "--drive", &both], "total values and read/write values cannot be used at the same time");
+    let low = format!("file={f},throttling.iops-total=100,throttling.iops-total-max=10");
+    assert_bad_input(&["--kernel", &k, "--drive", &low], "bps_max/iops_max cannot be lower than bps/iops");
+    let nan = format!("file={f},throttling.bps-write=fast");
+    assert_bad_input(&["--kernel", &k, "--drive", &nan], "throttling.bps-write: invalid value 'fast'");
+    let typo = format!("file={f},throttling.bps=1");
+    assert_bad_input(&["--kernel", &k, "--drive", &typo], "unknown key 'throttling.bps'");
 }
 
 #[test]

@@ -324,10 +324,15 @@ impl IoQueue {
 
     /// Starts the held requests the drive's limits let go now, in order,
     /// and sets the timer for the next one the member waits on.
+    #[inline]
     fn release_throttled(&mut self) {
-        if self.throttled() == 0 {
-            return;
+        if self.throttled() != 0 {
+            self.release_due();
         }
+    }
+
+    #[inline(never)]
+    fn release_due(&mut self) {
         let now = crate::throttle::now_ns();
         for d in 0..2 {
             while self.throttled[d].front().is_some_and(|t| t.ticket.may_go(now)) {
@@ -387,7 +392,9 @@ impl IoQueue {
         self.dispatch(drv, job, req);
     }
 
-    /// Runs a checked request now, or queues it with an engine.
+    /// Runs a checked request now, or queues it with an engine. Inlined
+    /// into `start`, the path of every request.
+    #[inline(always)]
     fn dispatch(&mut self, drv: Arc<dyn BlockDriver>, job: Job, req: Request) {
         let mode = drv.async_mode();
         // A flush that the file drops (cache=unsafe) is as cheap as null's.

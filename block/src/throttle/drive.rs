@@ -76,8 +76,18 @@ impl DriveLimits {
     }
 
     /// Decides whether a request of `op` and `bytes` goes now (None, and it
-    /// is accounted) or waits for its ticket.
+    /// is accounted) or waits for its ticket. Inlined so that a drive
+    /// without limits pays one load and a branch.
+    #[inline]
     pub fn intercept(&self, op: Op, bytes: u64) -> Option<Ticket> {
+        if !self.on.load(SeqCst) {
+            return None;
+        }
+        self.intercept_limited(op, bytes)
+    }
+
+    #[inline(never)]
+    fn intercept_limited(&self, op: Op, bytes: u64) -> Option<Ticket> {
         let member = self.current()?;
         let dir = direction(op)?;
         let g = member.group().clone();
