@@ -6,6 +6,11 @@
 # through io_uring; medians of requests per second and the ratio
 # new / old. For "does this change cost anything?".
 #
+# Wall-clock rates on a shared 2-core VM move by a few per cent with code
+# layout alone, so it also counts the instructions each build executes per
+# null-driver request (valgrind's callgrind; skipped without valgrind): a
+# change that adds work to the request path shows there exactly.
+#
 #   bench/block-ab.sh 5705e77
 #   RUNS=9 COUNT=2000000 bench/block-ab.sh HEAD~3
 set -euo pipefail
@@ -54,3 +59,16 @@ for c in "${cases[@]}"; do
     printf '| %s | %.0f (%s) | %.0f (%s) | %.3f |\n' "$name" "$o" "$(printf '%s\n' "${old[@]}" | sort -n | sed -n '1p;$p' | paste -sd-)" \
         "$n" "$(printf '%s\n' "${new[@]}" | sort -n | sed -n '1p;$p' | paste -sd-)" "$(awk -v n="$n" -v o="$o" 'BEGIN {print n / o}')"
 done
+if command -v valgrind >/dev/null; then
+    n=200000
+    irs() { # BIN: instructions executed for $n null 4 KiB reads at depth 1
+        valgrind --tool=callgrind --callgrind-out-file=/dev/null "$1" --driver null -d 1 -s 4k -c $n 2>&1 |
+            sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
+    }
+    io=$(irs "$OLD") in=$(irs "$NEW")
+    awk -v o="$io" -v n="$in" -v c=$n 'BEGIN {
+        printf "instructions per null 4k qd1 request (callgrind, %d requests, start-up included): old %.1f, new %.1f, %+.1f (%+.2f%%)\n",
+            c, o / c, n / c, (n - o) / c, (n - o) * 100 / o }'
+else
+    echo "instruction counts: SKIPPED (no valgrind)"
+fi
