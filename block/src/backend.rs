@@ -637,13 +637,20 @@ impl BlockBackend {
     // --- I/O limits ----------------------------------------------------
 
     /// QMP block_set_io_throttle and `throttling.*`: sets the drive's
-    /// limits (QEMU's validity rules and messages), in a drained section so
-    /// that nothing waits on the old ones. The drive joins `group`, or
-    /// stays in its own; without one it is a group named after the drive.
-    /// Limits with no rate set turn throttling off and leave the group.
+    /// limits (QEMU's validity rules and messages). The drive joins
+    /// `group`, or stays in its own; without one it is a group named after
+    /// the drive. New limits apply at once to held requests too, with empty
+    /// buckets. Limits with no rate set turn throttling off and leave the
+    /// group; leaving (or moving to another group) happens in a drained
+    /// section, which lets held requests go, as QEMU's
+    /// blk_io_limits_disable.
     pub fn set_io_limits(&self, cfg: &crate::throttle::Config, group: Option<&str>) -> Result<(), String> {
         cfg.validate()?;
-        self.drained(|| self.limits.set(cfg, group, &self.name));
+        if self.limits.leaves_group(cfg, group) {
+            self.drained(|| self.limits.set(cfg, group, &self.name));
+        } else {
+            self.limits.set(cfg, group, &self.name);
+        }
         Ok(())
     }
 

@@ -395,7 +395,26 @@ async def throttle(con, q, images):
     await wait_console(con, "G-READY-ON")
     await ok(q, "block_set_io_throttle", **limits(4 << 20))
     await go(q, 3, "virtio1")
-    await wait_console(con, "GUEST-END=")
+
+    step("4: quit while a vCPU waits in a throttled CD read")
+    await wait_console(con, "G-READY-QUIT")
+    await ok(q, "block_set_io_throttle", **limits(1024, device="ide1-cd0"))
+    await go(q, 4, "virtio1")
+    await wait_console(con, "G-CD-READING")
+    # The first 64 KiB block goes at once; the next waits a minute.
+    while True:
+        st = {s["device"]: s["stats"] for s in await ex(q, "query-blockstats")}
+        if st["ide1-cd0"]["rd_bytes"] >= 32768:
+            break
+        check(time.monotonic() < DEADLINE, "the CD read never started")
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1)
+    t = time.monotonic()
+    await ok(q, "quit")
+    await wait_console(con, "H-VMM-RC=", timeout=60)
+    took = time.monotonic() - t
+    check(took < 20, f"the VMM took {took:.1f} s to quit: it waited for the throttle")
+    print(f"HOST-STEP: quit took {took:.1f} s", flush=True)
 
 
 async def main():

@@ -358,8 +358,17 @@ impl qmp::Machine for Controller {
         for h in &self.virtio {
             h.resume();
         }
+        // IDE retries run here, on the control thread: not held by the
+        // throttle, which would stall the control socket (they are still
+        // accounted).
+        for d in &self.drives {
+            d.backend.io_limits_disable();
+        }
         for c in &self.ide {
             devices::bus::lock(c).resume();
+        }
+        for d in &self.drives {
+            d.backend.io_limits_enable();
         }
         self.control.resume();
         self.set_state(RunState::Running);
@@ -593,6 +602,11 @@ pub fn run(cfg: &VmConfig) -> Result<ExitReason> {
             nodes: Default::default(),
         }),
     };
+    // A vCPU may be waiting in a throttled IDE request: its drive's limits
+    // are lifted for good, or the join would wait for the throttle.
+    for b in &backends {
+        b.io_limits_disable();
+    }
     control.stop_and_join(threads);
     drop(terminal);
     // The vCPUs are gone: stop the disks' I/O threads (each waits for its

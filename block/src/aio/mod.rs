@@ -333,17 +333,28 @@ impl IoQueue {
 
     #[inline(never)]
     fn release_due(&mut self) {
-        let now = crate::throttle::now_ns();
         for d in 0..2 {
-            while self.throttled[d].front().is_some_and(|t| t.ticket.may_go(now)) {
+            // Requests held by one member, oldest first; after a change of
+            // group, the old member's (all let go by the drain that came
+            // with it) are ahead of the new one's.
+            let mut seen: Option<(Arc<crate::throttle::Member>, u64)> = None;
+            while let Some(front) = self.throttled[d].front() {
+                let m = &front.ticket.member;
+                let released = match &seen {
+                    Some((sm, r)) if Arc::ptr_eq(sm, m) => *r,
+                    _ => {
+                        let r = m.poll(front.ticket.dir);
+                        seen = Some((m.clone(), r));
+                        r
+                    }
+                };
+                if front.ticket.ticket >= released {
+                    break;
+                }
                 if let Some(t) = self.throttled[d].pop_front() {
                     self.dispatch(t.drv, t.job, t.req);
                 }
             }
-        }
-        let next = self.throttled.iter().filter_map(|q| q.front()).filter_map(|t| t.ticket.next_timer()).min();
-        if let Some(at) = next {
-            self.timer.set_at(at);
         }
     }
 
@@ -771,7 +782,10 @@ impl IoQueue {
         // SAFETY: polls two descriptors we own.
         unsafe { libc::poll(p.as_mut_ptr(), 2, timeout_ms) };
         let _ = self.shared.efd.read();
-        self.timer.clear();
+        // A drive without limits never sets its timer: no syscall for it.
+        if p[1].revents != 0 {
+            self.timer.clear();
+        }
     }
 
     /// Drains the drive from the queue's own thread: the device is held

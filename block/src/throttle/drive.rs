@@ -23,24 +23,6 @@ pub(crate) struct Ticket {
     pub ticket: u64,
 }
 
-impl Ticket {
-    /// Whether the request may go now; fires the member's due timers
-    /// first (the queue's timer woke it for them).
-    pub fn may_go(&self, now: u64) -> bool {
-        let g = self.member.group();
-        let mut core = g.lock();
-        if core.fire(self.member.id(), now) {
-            g.notify();
-        }
-        core.released(self.member.id(), self.dir) > self.ticket
-    }
-
-    /// The earliest timer the member owns, for the queue to wait on.
-    pub fn next_timer(&self) -> Option<u64> {
-        self.member.group().lock().next_timer(self.member.id())
-    }
-}
-
 /// Which direction a request is throttled in: reads and writes (and
 /// write-zeroes, a write in QEMU) are; flush and discard are not.
 fn direction(op: Op) -> Option<Direction> {
@@ -129,9 +111,23 @@ impl DriveLimits {
         }
     }
 
+    /// Whether setting `cfg` and `group` takes the drive out of its group
+    /// (limits off, or another group): QEMU drains for that
+    /// (blk_io_limits_disable), so that nothing waits on a group the drive
+    /// has left. New limits in the same group, or a first group, need no
+    /// drain: held requests go on under the new limits.
+    pub fn leaves_group(&self, cfg: &Config, group: Option<&str>) -> bool {
+        match self.member().as_ref() {
+            None => false,
+            Some(_) if !cfg.enabled() => true,
+            Some(m) => group.is_some_and(|g| g != m.group().name()),
+        }
+    }
+
     /// Sets the limits, joining `group` (the current group, or else
     /// `default_group`, when None); limits with no rate leave the group.
-    /// The caller holds a drained section, so nothing waits meanwhile.
+    /// The group's buckets start empty and its held requests are paced by
+    /// the new limits (throttle_group_config).
     pub fn set(&self, cfg: &Config, group: Option<&str>, default_group: &str) {
         let mut member = self.member();
         if !cfg.enabled() {

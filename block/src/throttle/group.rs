@@ -59,6 +59,11 @@ struct Slot {
     /// drive), its requests go without waiting, still accounted.
     disabled: Arc<AtomicUsize>,
     alarm: Option<Alarm>,
+    /// The earliest time the owner was asked to look by, and has not yet
+    /// (`Core::poll`). A timerfd keeps one time, and setting it drops an
+    /// expiry not yet read: a later alarm must never replace an earlier
+    /// one the owner has not acted on.
+    alarm_at: Option<u64>,
 }
 
 impl Slot {
@@ -68,7 +73,9 @@ impl Slot {
     fn is_disabled(&self) -> bool {
         self.disabled.load(Ordering::SeqCst) > 0
     }
-    fn wake(&self, at: u64) {
+    fn wake(&mut self, at: u64) {
+        let at = self.alarm_at.map_or(at, |t| t.min(at));
+        self.alarm_at = Some(at);
         if let Some(a) = &self.alarm {
             a(at);
         }
@@ -124,6 +131,7 @@ impl Core {
             timer: [None; 2],
             disabled,
             alarm,
+            alarm_at: None,
         });
     }
 
@@ -246,9 +254,17 @@ impl Core {
     }
 
     /// throttle_group_co_io_limits_intercept for a request of `bytes`.
+    /// A member with limits disabled (a drained section) never waits: QEMU
+    /// may still queue such a request behind another member's armed
+    /// timer, and then the drain would wait for the throttle.
     pub fn intercept(&mut self, id: MemberId, d: Direction, bytes: u64, now: u64) -> Admission {
         let Some(i) = self.idx(id) else { return Admission::Go };
         let d = d as usize;
+        if self.slots[i].is_disabled() {
+            self.state.account(dir(d), bytes);
+            self.schedule_next(i, d, now);
+            return Admission::Go;
+        }
         let t = self.next_token(i, d);
         let must_wait = self.schedule_timer(t, d, now);
         if must_wait || self.slots[i].pending(d) {
@@ -260,6 +276,22 @@ impl Core {
         self.state.account(dir(d), bytes);
         self.schedule_next(i, d, now);
         Admission::Go
+    }
+
+    /// What the owner of a member's queue does when it looks (its timer
+    /// fired, or it polls): fires the due timers, returns how many of the
+    /// member's requests of direction `d` have been let go, and asks for
+    /// the next look at the member's earliest timer, all under one lock so
+    /// that no alarm raised meanwhile is lost.
+    pub fn poll(&mut self, id: MemberId, d: Direction, now: u64) -> u64 {
+        let Some(i) = self.idx(id) else { return u64::MAX };
+        self.fire(id, now);
+        // What the fire let go is acted on now, by the caller.
+        self.slots[i].alarm_at = None;
+        if let Some(at) = self.next_timer(id) {
+            self.slots[i].wake(at);
+        }
+        self.slots[i].released[d as usize]
     }
 
     /// Fires the member's due timers (timer_cb and the restart that
@@ -391,6 +423,14 @@ impl Member {
 
     pub(crate) fn id(&self) -> MemberId {
         self.id
+    }
+
+    /// `Core::poll` for the owner of this member's queue: how many of its
+    /// requests of direction `d` may go.
+    pub(crate) fn poll(&self, d: Direction) -> u64 {
+        let released = self.group.lock().poll(self.id, d, now_ns());
+        self.group.notify();
+        released
     }
 }
 
@@ -562,6 +602,47 @@ mod tests {
         c.set_config(1, bps(1 << 30), 0);
         assert_eq!(c.released(1, Direction::Write), 1);
         assert_eq!(c.next_timer(1), None);
+    }
+
+    #[test]
+    fn a_later_alarm_never_replaces_an_earlier_one_not_yet_acted_on() {
+        let mut c = Core::new(0);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        c.join(1, Arc::new(AtomicUsize::new(0)), Some(Arc::new(move |at| s2.lock().unwrap().push(at))));
+        member(&mut c, 2);
+        let mut cfg = Config::default();
+        cfg.bucket_mut(Bucket::BpsRead).avg = 1 << 20;
+        cfg.bucket_mut(Bucket::OpsWrite).avg = 1;
+        c.set_config(1, cfg, 0);
+        // Member 1's read waits on its timer at 0.4 s.
+        assert_eq!(c.intercept(2, Direction::Read, 1 << 19, 0), Admission::Go);
+        assert_eq!(c.intercept(1, Direction::Read, 4096, 0), Admission::Wait(0));
+        let read_at = c.next_timer(1).unwrap();
+        // Member 2 fills the write budget; member 1's write then waits on
+        // a write timer at 0.9 s, also member 1's: its queue's timer must
+        // still fire for the read first.
+        assert_eq!(c.intercept(2, Direction::Write, 4096, 0), Admission::Go);
+        assert_eq!(c.intercept(1, Direction::Write, 4096, 0), Admission::Wait(0));
+        assert!(c.slots[0].timer[1].unwrap() > read_at);
+        assert_eq!(*seen.lock().unwrap().last().unwrap(), read_at);
+        // The owner looks at the read time: the read goes, and the next
+        // alarm is the write timer.
+        assert_eq!(c.poll(1, Direction::Read, read_at), 1);
+        assert_eq!(*seen.lock().unwrap().last().unwrap(), c.slots[0].timer[1].unwrap());
+    }
+
+    #[test]
+    fn a_drained_member_never_waits_for_another_members_timer() {
+        let mut c = Core::new(0);
+        member(&mut c, 1);
+        let disabled = member(&mut c, 2);
+        c.set_config(1, bps(1 << 20), 0);
+        assert_eq!(c.intercept(1, Direction::Read, 1 << 20, 0), Admission::Go);
+        assert_eq!(c.intercept(1, Direction::Read, 4096, 0), Admission::Wait(0));
+        assert!(c.any_timer_armed[0], "member 1 holds the group's read timer");
+        disabled.store(1, Ordering::SeqCst);
+        assert_eq!(c.intercept(2, Direction::Read, 4096, 0), Admission::Go);
     }
 
     #[test]
