@@ -345,6 +345,13 @@ impl BlockBackend {
         })
     }
 
+    /// The medium's image format and backing chain (qcow2), for
+    /// query-block; None for a raw file or no medium.
+    pub fn medium_info(&self) -> Option<crate::image::ImageInfo> {
+        let d = self.st().medium.as_ref().map(|m| m.inject.as_ref().map_or(m.driver.clone(), |i| i.inner().clone()))?;
+        d.image_info()
+    }
+
     /// The injection layer if there is one, for listing its rules.
     pub fn injection(&self) -> Option<Arc<InjectDriver>> {
         self.st().medium.as_ref().and_then(|m| m.inject.clone())

@@ -91,4 +91,10 @@ pub trait BlockDriver: Send + Sync {
     fn async_mode(&self) -> AsyncMode {
         AsyncMode::Blocking
     }
+    /// The image format and its backing chain, for query-block; None for a
+    /// driver that is its own storage (a raw file, null), which `name` and
+    /// `size` describe.
+    fn image_info(&self) -> Option<crate::image::ImageInfo> {
+        None
+    }
 }

@@ -12,6 +12,7 @@ mod drain;
 pub mod driver;
 pub mod drivers;
 mod gate;
+pub mod image;
 pub mod io;
 pub mod iov;
 pub mod policy;

@@ -27,6 +27,8 @@ pub struct RawFile {
     /// writes past the end (as QEMU keeps total_sectors): asking the kernel
     /// on every request cost an lseek per request.
     size: AtomicU64,
+    /// QEMU's image lock, when the image was opened as a drive's medium.
+    lock: Option<crate::drivers::lock::ImageLock>,
 }
 
 /// The OS error text without Rust's "(os error N)" suffix.
@@ -57,12 +59,17 @@ impl RawFile {
                 err(reason(&e))
             }
         })?;
-        let mut raw = RawFile { file, path: path.to_path_buf(), cache, alignment: 1, size: AtomicU64::new(0) };
+        let mut raw = RawFile { file, path: path.to_path_buf(), cache, alignment: 1, size: AtomicU64::new(0), lock: None };
         raw.refresh_size().map_err(|e| err(e.to_string()))?;
         if cache.direct() {
             raw.alignment = raw.probe_alignment();
         }
         Ok(raw)
+    }
+
+    /// Keeps `lock` for as long as the file is open.
+    pub fn set_lock(&mut self, lock: crate::drivers::lock::ImageLock) {
+        self.lock = Some(lock);
     }
 
     pub fn path(&self) -> &Path {
