@@ -85,6 +85,10 @@ pub struct DriveConfig {
     pub inject: Vec<InjectRule>,
     /// `throttling.*`: I/O limits and their group (issue 14).
     pub throttling: crate::throttling::Throttling,
+    /// `format=`: None probes, as QEMU does (and warns for raw).
+    pub format: Option<block::image::Format>,
+    /// `snapshot=on`: writes go to a throw-away overlay.
+    pub snapshot: bool,
 }
 
 /// A fault or latency rule from the command line, armed on the drive's
@@ -341,6 +345,8 @@ fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
     let mut serial = None;
     let mut inject = Vec::new();
     let mut throttling = crate::throttling::Throttling::default();
+    let mut format = None;
+    let mut snapshot = false;
     let mut seen = HashSet::new();
 
     if spec.trim().is_empty() {
@@ -379,10 +385,13 @@ fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
                 _ => return Err(format!("index: invalid value '{value}' (expected 0 to 3)")),
             },
             "format" => {
-                if value != "raw" {
-                    return Err(format!("format: unsupported format '{value}' (only raw)"));
-                }
+                format = Some(match value {
+                    "raw" => block::image::Format::Raw,
+                    "qcow2" => block::image::Format::Qcow2,
+                    _ => return Err(format!("format: unsupported format '{value}' (raw or qcow2)")),
+                })
             }
+            "snapshot" => snapshot = parse_onoff(value).map_err(|e| format!("snapshot: {e}"))?,
             "readonly" => readonly = Some(parse_onoff(value).map_err(|e| format!("readonly: {e}"))?),
             "cache" => cache = value.parse().map_err(bad)?,
             "aio" => aio = value.parse().map_err(bad)?,
@@ -423,13 +432,14 @@ fn parse_drive(spec: &str) -> Result<DriveConfig, String> {
         (Media::Disk, r) => r.unwrap_or(false),
     };
     match &file {
-        Some(path) => check_drive_file(path, readonly)?,
+        // With snapshot=on the image is only read.
+        Some(path) => check_drive_file(path, readonly || snapshot)?,
         None if media == Media::Disk => return Err("file= is required for a disk".into()),
         None if !inject.is_empty() => return Err("x-inject/x-latency need a medium (file=)".into()),
         None => {}
     }
     throttling.validate()?;
-    Ok(DriveConfig { file, interface, media, index, readonly, cache, aio, discard, werror, rerror, id, serial, inject, throttling })
+    Ok(DriveConfig { file, interface, media, index, readonly, cache, aio, discard, werror, rerror, id, serial, inject, throttling, format, snapshot })
 }
 
 /// Splits on commas, with QEMU's escape: ",," is a literal comma (for paths).
@@ -547,7 +557,8 @@ mod tests {
             (format!("file={},rerror=enospc", f.display()), "enospc"),
             (format!("file={},werror=sometimes", f.display()), "sometimes"),
             (format!("file={},index=4", f.display()), "index"),
-            (format!("file={},format=qcow2", f.display()), "qcow2"),
+            (format!("file={},format=vmdk", f.display()), "vmdk"),
+            (format!("file={},snapshot=maybe", f.display()), "snapshot"),
             (format!("file={},if=scsi", f.display()), "scsi"),
             ("file=/nonexistent/x.img".to_string(), "/nonexistent/x.img"),
             ("if=virtio".to_string(), "file= is required"),

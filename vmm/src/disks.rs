@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use block::drivers::raw::RawFile;
 use block::BlockBackend;
 use devices::virtio::block::{Block, BlockHandle};
 use devices::virtio::mmio::MmioTransport;
@@ -35,10 +34,12 @@ pub fn open_backend(d: &DriveConfig) -> Result<Arc<BlockBackend>> {
         backend.set_io_limits(&t.cfg, t.group.as_deref()).map_err(|e| Error::Drive(d.id.clone(), e))?;
     }
     if let Some(path) = &d.file {
-        let raw = RawFile::open(path, d.readonly, d.cache).map_err(|e| Error::Drive(d.id.clone(), e.to_string()))?;
-        backend
-            .insert_medium(Arc::new(raw), &path.to_string_lossy())
-            .map_err(|e| Error::Drive(d.id.clone(), e.to_string()))?;
+        let o = block::image::OpenOptions { format: d.format, read_only: d.readonly, cache: d.cache, snapshot: d.snapshot };
+        let opened = block::image::open(path, &o).map_err(|e| Error::Drive(d.id.clone(), e.to_string()))?;
+        if let Some(w) = &opened.warning {
+            eprintln!("vmm: warning: drive '{}': {w}", d.id);
+        }
+        backend.insert_medium(opened.driver, &opened.filename).map_err(|e| Error::Drive(d.id.clone(), e.to_string()))?;
         if !d.inject.is_empty() {
             let inject = backend.injector().ok_or_else(|| Error::Drive(d.id.clone(), "no medium for x-inject".into()))?;
             for r in &d.inject {

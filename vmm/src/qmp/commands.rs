@@ -242,6 +242,15 @@ pub fn block_info(d: &Drive) -> Value {
             "cache": {"writeback": b.write_cache(), "direct": false, "no-flush": false},
             "image": {"filename": file, "format": drv, "virtual-size": size},
         });
+        if let Some(chain) = b.medium_info() {
+            // QEMU's BlockDeviceInfo for a format node: the header's
+            // backing file, the chain's depth, and ImageInfo per layer.
+            info["inserted"]["backing_file_depth"] = json!(chain.depth());
+            if let Some(bf) = &chain.backing_filename {
+                info["inserted"]["backing_file"] = json!(bf);
+            }
+            info["inserted"]["image"] = image_info(&chain);
+        }
         if let Some(m) = info["inserted"].as_object_mut() {
             m.extend(throttling::info_fields(b.io_limits()));
         }
@@ -250,6 +259,24 @@ pub fn block_info(d: &Drive) -> Value {
         info["x-inject"] = rules;
     }
     info
+}
+
+/// QEMU's ImageInfo for one image of a chain, with its backing image.
+fn image_info(i: &block::image::ImageInfo) -> Value {
+    let mut v = json!({"filename": i.filename, "format": i.format.name(), "virtual-size": i.virtual_size});
+    if let Some(bf) = &i.backing_filename {
+        v["backing-filename"] = json!(bf);
+        if let Some(b) = &i.backing {
+            v["full-backing-filename"] = json!(b.filename);
+        }
+    }
+    if let Some(f) = &i.backing_format {
+        v["backing-filename-format"] = json!(f);
+    }
+    if let Some(b) = &i.backing {
+        v["backing-image"] = image_info(b);
+    }
+    v
 }
 
 /// QEMU's BlockStats for one drive (the device's counters).

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use block::drivers::null::NullDriver;
-use block::drivers::raw::RawFile;
+use block::image::Format;
 use block::{BlockDriver, CacheMode};
 use serde_json::{Map, Value};
 
@@ -155,12 +155,48 @@ fn close_tray(d: &Drive, name: &str) -> Result<(), QmpError> {
     Ok(())
 }
 
-fn open_raw(filename: &str, read_only: bool, cache: CacheMode) -> Result<Node, QmpError> {
-    let raw = RawFile::open(Path::new(filename), read_only, cache).map_err(|e| match e {
+/// Opens an image as QEMU's bdrv_open: `format` None probes (and says on
+/// stderr that probing a raw image is unsafe, as QEMU does).
+fn open_image(filename: &str, format: Option<Format>, read_only: bool, cache: CacheMode) -> Result<Node, QmpError> {
+    let o = block::image::OpenOptions { format, read_only, cache, snapshot: false };
+    let opened = block::image::open(Path::new(filename), &o).map_err(|e| match e {
         block::Error::Open { reason, .. } => err(format!("Could not open '{filename}': {reason}")),
         other => err(other.to_string()),
     })?;
-    Ok(Node { driver: Arc::new(raw), filename: filename.to_string(), read_only })
+    if let Some(w) = opened.warning {
+        eprintln!("vmm: warning: {w}");
+    }
+    Ok(Node { driver: opened.driver, filename: filename.to_string(), read_only })
+}
+
+fn open_raw(filename: &str, read_only: bool, cache: CacheMode) -> Result<Node, QmpError> {
+    open_image(filename, Some(Format::Raw), read_only, cache)
+}
+
+/// Two names of one file (device and inode).
+fn same_file(a: &str, b: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// A `file` child's filename (`{"driver": "file", "filename": ...}`), for
+/// a format node's `file` option.
+fn file_child(driver: &str, args: &Map<String, Value>) -> Result<String, QmpError> {
+    match args.get("file") {
+        Some(Value::Object(child)) => {
+            let c = Args(child);
+            match c.str("driver")? {
+                "file" => Ok(c.str("filename")?.to_string()),
+                other => Err(err(format!("{driver}: a '{other}' child is not supported (only 'file')"))),
+            }
+        }
+        Some(Value::String(_)) => Err(err(format!("{driver}: a child by node reference is not supported"))),
+        Some(_) => Err(err("Invalid parameter type for 'file', expected: object".into())),
+        None => Err(err("Parameter 'file' is missing".into())),
+    }
 }
 
 pub fn eject(drives: &[Drive], a: Args<'_>) -> Result<(), QmpError> {
@@ -226,16 +262,31 @@ pub fn change_medium(drives: &[Drive], a: Args<'_>) -> Result<(), QmpError> {
         Some("read-write") => false,
         Some(other) => return Err(err(format!("Parameter 'read-only-mode' does not accept value '{other}'"))),
     };
-    match a.opt_str("format")? {
-        None | Some("raw") | Some("file") => {}
-        Some(f) => return Err(err(format!("Unknown driver '{f}' (this VMM opens raw images only)"))),
-    }
-    let node = open_raw(filename, read_only, d.cache)?;
+    let format = match a.opt_str("format")? {
+        None => None,
+        Some("raw") | Some("file") => Some(Format::Raw),
+        Some("qcow2") => Some(Format::Qcow2),
+        Some(f) => return Err(err(format!("Unknown driver '{f}' (this VMM opens raw and qcow2 images)"))),
+    };
+    // Reopening the current medium's file can only meet our own image
+    // lock: QEMU takes the new node's lock once the old node is gone, so
+    // then the old medium goes first (if the file still fails to open, the
+    // drive is left empty, as QEMU leaves it when the insert fails).
+    let same = d.backend.medium_filename().is_some_and(|cur| same_file(&cur, filename));
+    let node = match open_image(filename, format, read_only, d.cache) {
+        Ok(n) => Some(n),
+        Err(e) if same && e.desc.contains(" lock ") => None,
+        Err(e) => return Err(e),
+    };
     match open_tray(d, &name, force) {
         Tray::Open | Tray::Absent => {}
         Tray::Locked(e) | Tray::Failed(e) => return Err(e),
     }
     remove_medium(d, &name)?;
+    let node = match node {
+        Some(n) => n,
+        None => open_image(filename, format, read_only, d.cache)?,
+    };
     insert_medium(d, &name, &node, None)?;
     close_tray(d, &name)
 }
@@ -286,26 +337,13 @@ pub fn blockdev_add(drives: &[Drive], nodes: &mut Nodes, args: &Map<String, Valu
     let read_only = a.opt_bool("read-only")?.unwrap_or(false);
     let node = match driver {
         "file" => open_raw(a.str("filename")?, read_only, CacheMode::default())?,
-        "raw" => {
-            let filename = match args.get("file") {
-                Some(Value::Object(child)) => {
-                    let c = Args(child);
-                    match c.str("driver")? {
-                        "file" => c.str("filename")?.to_string(),
-                        other => return Err(err(format!("raw: a '{other}' child is not supported (only 'file')"))),
-                    }
-                }
-                Some(Value::String(_)) => return Err(err("raw: a child by node reference is not supported".into())),
-                Some(_) => return Err(err("Invalid parameter type for 'file', expected: object".into())),
-                None => return Err(err("Parameter 'file' is missing".into())),
-            };
-            open_raw(&filename, read_only, CacheMode::default())?
-        }
+        "raw" => open_raw(&file_child(driver, args)?, read_only, CacheMode::default())?,
+        "qcow2" => open_image(&file_child(driver, args)?, Some(Format::Qcow2), read_only, CacheMode::default())?,
         "null-co" => {
             let size = a.opt_u64("size")?.unwrap_or(1 << 30);
             Node { driver: Arc::new(NullDriver::new(size)), filename: "null-co://".into(), read_only }
         }
-        "qcow2" | "vmdk" | "vdi" | "vhdx" | "vpc" | "qed" | "luks" | "host_device" | "host_cdrom" | "nbd" => {
+        "vmdk" | "vdi" | "vhdx" | "vpc" | "qed" | "luks" | "host_device" | "host_cdrom" | "nbd" => {
             return Err(err(format!("driver '{driver}' is not supported by this VMM")));
         }
         other => return Err(err(format!("Parameter 'driver' does not accept value '{other}'"))),
