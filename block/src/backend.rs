@@ -421,7 +421,17 @@ impl BlockBackend {
     /// Removes the medium once no request is in flight on it; requests
     /// then see ENOMEDIUM. Returns the driver (None when there was none).
     pub fn remove_medium(&self) -> Option<Arc<dyn BlockDriver>> {
-        self.drained(|| self.st().medium.take().map(|m| m.driver))
+        self.drained(|| self.st().medium.take().map(|m| self.closed(m)))
+    }
+
+    /// A medium leaves the drive: flushed, as QEMU's bdrv_close flushes
+    /// (a qcow2 image's metadata caches, and the file), with a failure
+    /// said on stderr since nobody is left to tell.
+    fn closed(&self, m: Medium) -> Arc<dyn BlockDriver> {
+        if let Err(e) = m.driver.flush() {
+            eprintln!("block: drive '{}': flushing the removed medium '{}' failed: {e}", self.name, m.filename);
+        }
+        m.driver
     }
 
     /// Swaps the medium in one drained section: no request can run on the
@@ -430,7 +440,7 @@ impl BlockBackend {
         self.drained(|| {
             let new = Medium { driver, inject: None, filename: filename.to_string(), node_name: auto_node_name() };
             let old = self.st().medium.replace(new);
-            old.map(|m| m.driver)
+            old.map(|m| self.closed(m))
         })
     }
 

@@ -68,6 +68,9 @@ pub struct OpenOptions {
     pub read_only: bool,
     pub cache: CacheMode,
     pub snapshot: bool,
+    /// QEMU's locking=off (or force-share): no image locks taken or
+    /// checked.
+    pub no_lock: bool,
 }
 
 pub struct Opened {
@@ -120,15 +123,13 @@ pub fn open(path: &Path, o: &OpenOptions) -> Result<Opened, Error> {
     };
     let filename = path.display().to_string();
     if o.snapshot && !o.read_only {
-        let (img, overlay) = Qcow2Image::snapshot(path, format, o.cache, &snapshot_dir())?;
+        let (img, overlay) = Qcow2Image::snapshot(path, format, o.cache, &snapshot_dir(), !o.no_lock)?;
         return Ok(Opened { driver: Arc::new(img), filename: overlay.display().to_string(), warning });
     }
     let driver: Arc<dyn BlockDriver> = match format {
         Format::Raw => {
             let mut raw = RawFile::open(path, o.read_only, o.cache)?;
-            // Block devices are not locked (QEMU's host_device locks
-            // files only).
-            if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            if !o.no_lock {
                 raw.set_lock(lock::lock(path, !o.read_only).map_err(fail)?);
             }
             Arc::new(raw)
@@ -137,7 +138,7 @@ pub fn open(path: &Path, o: &OpenOptions) -> Result<Opened, Error> {
             if probe(path).map_err(|e| fail(io_reason(&e)))? != Format::Qcow2 {
                 return Err(fail("not a qcow2 image (no qcow2 header)".into()));
             }
-            Arc::new(Qcow2Image::open(path, o.read_only, o.cache)?)
+            Arc::new(Qcow2Image::open(path, o.read_only, o.cache, !o.no_lock)?)
         }
     };
     Ok(Opened { driver, filename, warning })

@@ -50,8 +50,9 @@ fn a_backing_chain_and_snapshot_on_in_the_guest() {
         .line(md5_line("G-RP", "/tmp/rp"))
         // The rest of that cluster still reads mid's data.
         .ok_as("R-AROUND", "dd if=/dev/vda of=/tmp/ra bs=64k skip=64 count=1 iflag=direct status=none")
-        .line(md5_line("G-AROUND", "/tmp/ra"))
-        .ok_as("SYNC", "sync");
+        .line(md5_line("G-AROUND", "/tmp/ra"));
+    // No `sync`: what the guest saw complete must be in the image after a
+    // plain exit (the VMM flushes its media as QEMU does).
     // Guest 2 (snapshot=on): a write that reads back.
     let mut s = Script::guest("S");
     s.ok("yes snapshot-write | head -c 1048576 >/tmp/s")

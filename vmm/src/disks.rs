@@ -34,7 +34,7 @@ pub fn open_backend(d: &DriveConfig) -> Result<Arc<BlockBackend>> {
         backend.set_io_limits(&t.cfg, t.group.as_deref()).map_err(|e| Error::Drive(d.id.clone(), e))?;
     }
     if let Some(path) = &d.file {
-        let o = block::image::OpenOptions { format: d.format, read_only: d.readonly, cache: d.cache, snapshot: d.snapshot };
+        let o = block::image::OpenOptions { format: d.format, read_only: d.readonly, cache: d.cache, snapshot: d.snapshot, no_lock: false };
         let opened = block::image::open(path, &o).map_err(|e| Error::Drive(d.id.clone(), e.to_string()))?;
         if let Some(w) = &opened.warning {
             eprintln!("vmm: warning: drive '{}': {w}", d.id);

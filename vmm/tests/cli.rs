@@ -206,6 +206,47 @@ fn drive_errors() {
     assert_bad_input(&["--kernel", &k, "--drive", &typo], "unknown key 'throttling.bps'");
 }
 
+/// qcow2 images a user can get wrong, each one line naming the file, exit
+/// 1: a missing backing file, a corrupt header, a backing loop, an image
+/// another process writes (QEMU's lock).
+#[test]
+fn image_errors_name_the_file() {
+    if !kvm_usable("image_errors_name_the_file") {
+        return;
+    }
+    if !std::process::Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        println!("SKIPPED: image_errors_name_the_file: qemu-img not found");
+        return;
+    }
+    let k = kernel();
+    let d = tmp("images");
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let img = |args: &[&str]| {
+        let o = std::process::Command::new("qemu-img").args(args).current_dir(&d).output().unwrap();
+        assert!(o.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let drive = |name: &str| format!("if=virtio,format=qcow2,file={}", d.join(name).display());
+    std::fs::write(d.join("gone.raw"), vec![0u8; 65536]).unwrap();
+    img(&["create", "-q", "-f", "qcow2", "-b", "gone.raw", "-F", "raw", "orphan.qcow2"]);
+    std::fs::remove_file(d.join("gone.raw")).unwrap();
+    assert_bad_input(&["--kernel", &k, "--drive", &drive("orphan.qcow2")], "could not open backing file");
+    assert_bad_input(&["--kernel", &k, "--drive", &drive("orphan.qcow2")], "gone.raw");
+    let mut bad = b"QFI\xfb".to_vec();
+    bad.extend(std::iter::repeat_n(0xffu8, 4092));
+    std::fs::write(d.join("bad.qcow2"), &bad).unwrap();
+    assert_bad_input(&["--kernel", &k, "--drive", &drive("bad.qcow2")], "bad.qcow2");
+    img(&["create", "-q", "-f", "qcow2", "a.qcow2", "1M"]);
+    img(&["create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2"]);
+    img(&["rebase", "-u", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2"]);
+    assert_bad_input(&["--kernel", &k, "--drive", &drive("a.qcow2")], "backing file loop");
+    img(&["create", "-q", "-f", "qcow2", "used.qcow2", "1M"]);
+    let held = block::image::open(&d.join("used.qcow2"), &block::image::OpenOptions::default()).expect("the first writer");
+    assert_bad_input(&["--kernel", &k, "--drive", &drive("used.qcow2")], "Failed to get \"write\" lock");
+    drop(held);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn initrd_and_serial_errors() {
     let k = kernel();

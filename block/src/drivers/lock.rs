@@ -5,10 +5,15 @@
 //! let others hold. A second writer, or a writer to a file someone reads
 //! as a backing file, is refused with QEMU's message.
 //!
-//! Writers hold consistent-read and write, and do not share write or
-//! resize (as QEMU's format nodes on their storage); readers (read-only
-//! drives, backing layers) hold consistent-read and do not share write or
-//! resize either. Two readers coexist.
+//! Writers hold consistent-read, write, write-unchanged and resize, and do
+//! not share write or resize (as QEMU's qcow2 node on its file); readers
+//! (read-only drives, backing layers) hold consistent-read and do not share
+//! write or resize either. Two readers coexist.
+//!
+//! As QEMU, the bytes are taken first and the others' checked after, from
+//! the same descriptor (whose own locks a check does not see): two users
+//! opening at the same moment cannot both miss each other. Only regular
+//! files are locked (QEMU's host_device does not lock either).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -20,6 +25,7 @@ const SHARED_BASE: i64 = 200;
 /// QEMU's BLK_PERM_* bits and names.
 const CONSISTENT_READ: u32 = 0;
 const WRITE: u32 = 1;
+const WRITE_UNCHANGED: u32 = 2;
 const RESIZE: u32 = 3;
 const NAMES: [&str; 4] = ["consistent read", "write", "write unchanged", "resize"];
 
@@ -62,10 +68,19 @@ fn lock_byte(fd: &File, off: i64) -> std::io::Result<()> {
 /// unlocked, as QEMU's locking=auto does.
 pub fn lock(path: &Path, write: bool) -> Result<ImageLock, String> {
     let fd = File::open(path).map_err(|e| e.to_string())?;
-    let perms: &[u32] = if write { &[CONSISTENT_READ, WRITE] } else { &[CONSISTENT_READ] };
+    if !fd.metadata().is_ok_and(|m| m.is_file()) {
+        return Ok(ImageLock { _fd: fd });
+    }
+    let perms: &[u32] = if write { &[CONSISTENT_READ, WRITE, WRITE_UNCHANGED, RESIZE] } else { &[CONSISTENT_READ] };
     let unshared = [WRITE, RESIZE];
     let unsupported = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENOLCK) | Some(libc::EINVAL));
     let check = || -> std::io::Result<Result<(), String>> {
+        for &p in perms {
+            lock_byte(&fd, PERM_BASE + i64::from(p))?;
+        }
+        for &p in &unshared {
+            lock_byte(&fd, SHARED_BASE + i64::from(p))?;
+        }
         for &p in perms {
             if held_by_others(&fd, SHARED_BASE + i64::from(p))? {
                 return Ok(Err(format!("Failed to get \"{}\" lock (is another process using the image?)", NAMES[p as usize])));
@@ -76,16 +91,11 @@ pub fn lock(path: &Path, write: bool) -> Result<ImageLock, String> {
                 return Ok(Err(format!("Failed to get shared \"{}\" lock (is another process using the image?)", NAMES[p as usize])));
             }
         }
-        for &p in perms {
-            lock_byte(&fd, PERM_BASE + i64::from(p))?;
-        }
-        for &p in &unshared {
-            lock_byte(&fd, SHARED_BASE + i64::from(p))?;
-        }
         Ok(Ok(()))
     };
     match check() {
         Ok(Ok(())) => Ok(ImageLock { _fd: fd }),
+        // Dropping the descriptor releases what was taken.
         Ok(Err(msg)) => Err(msg),
         Err(e) if unsupported(&e) => Ok(ImageLock { _fd: fd }),
         Err(e) => Err(format!("cannot lock the image: {e}")),

@@ -6,15 +6,18 @@
 //!
 //! What imago leaves to its user, done here:
 //! - a guest flush writes imago's metadata caches back and then syncs the
-//!   file (imago's `flush` does not sync);
-//! - discard and write-zeroes change imago's mappings, so they take the
-//!   image exclusively (an `RwLock`: every other request shares it);
+//!   file (imago's `flush` does not sync); cache=unsafe skips only the sync,
+//!   as QEMU, so a killed VMM still leaves consistent metadata;
+//! - discard (and write-zeroes with unmap, which discards) changes imago's
+//!   mappings, so it takes the image exclusively (an `RwLock`: every other
+//!   request, plain write-zeroes included, shares it);
 //! - discard follows QEMU's qcow2: whole clusters inside the range read as
 //!   zeros afterwards, partial clusters at its edges are left alone;
 //!   a version 2 image cannot discard (ENOTSUP, which the block layer
 //!   reports as success) and writes zeros for write-zeroes.
 
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -45,7 +48,6 @@ const ZERO_CHUNK: usize = 1 << 20;
 pub struct Qcow2Image {
     img: RwLock<FormatAccess<File>>,
     info: ImageInfo,
-    align: usize,
     /// Clusters, where the image can mark them as zeros (version 3).
     zero_granularity: Option<u64>,
     no_flush: bool,
@@ -59,6 +61,7 @@ fn errno(e: &io::Error) -> Errno {
         (None, io::ErrorKind::Unsupported) => Errno::ENOTSUP,
         (None, io::ErrorKind::InvalidInput) => Errno::EINVAL,
         (None, io::ErrorKind::OutOfMemory) => Errno::ENOMEM,
+        (None, io::ErrorKind::StorageFull) => Errno::ENOSPC,
         _ => Errno::EIO,
     }
 }
@@ -97,12 +100,14 @@ struct Layer {
 fn read_chain(top: &Path) -> Result<Vec<Layer>, Error> {
     let fail = |reason: String| Error::Open { path: top.to_path_buf(), reason };
     let mut layers: Vec<Layer> = Vec::new();
-    let mut seen: Vec<PathBuf> = Vec::new();
+    let mut seen: Vec<(u64, u64)> = Vec::new();
     let (mut path, mut format) = (top.to_path_buf(), Format::Qcow2);
     loop {
         let backing = !layers.is_empty();
         let what = |r: String| if backing { format!("could not open backing file '{}': {r}", path.display()) } else { r };
-        let canon = std::fs::canonicalize(&path).map_err(|e| fail(what(reason(&e))))?;
+        // A file is known by device and inode: hard links and symlinks to
+        // one image are one image.
+        let canon = std::fs::metadata(&path).map(|m| (m.dev(), m.ino())).map_err(|e| fail(what(reason(&e))))?;
         if seen.contains(&canon) {
             return Err(fail(format!("backing file loop: '{}' is in its own backing chain", path.display())));
         }
@@ -156,14 +161,16 @@ fn storage_opts(path: &Path, write: bool, cache: CacheMode) -> StorageOpenOption
 
 /// Opens `layers` bottom up, each explicitly over the one below it, the
 /// top one writable unless `read_only`. Locks every file.
-fn open_layers(layers: &[Layer], read_only: bool, cache: CacheMode, top: &Path) -> Result<(FormatAccess<File>, Vec<ImageLock>), Error> {
+fn open_layers(layers: &[Layer], read_only: bool, cache: CacheMode, top: &Path, locking: bool) -> Result<(FormatAccess<File>, Vec<ImageLock>), Error> {
     let fail = |reason: String| Error::Open { path: top.to_path_buf(), reason };
     let mut locks = Vec::new();
     let mut below: Option<FormatAccess<File>> = None;
     for (i, l) in layers.iter().enumerate().rev() {
         let write = i == 0 && !read_only;
         let name = |r: String| if i == 0 { r } else { format!("backing file '{}': {r}", l.path.display()) };
-        locks.push(lock::lock(&l.path, write).map_err(|e| fail(name(e)))?);
+        if locking {
+            locks.push(lock::lock(&l.path, write).map_err(|e| fail(name(e)))?);
+        }
         let file = storage(&l.path, write, cache).map_err(|e| fail(name(reason_at(&l.path, &e))))?;
         let access = match l.format {
             Format::Raw => Raw::<File>::builder(file).write(write).open(DenyImplicitOpenGate::default()).map(FormatAccess::new),
@@ -203,16 +210,16 @@ fn info_of(layers: &[Layer]) -> ImageInfo {
 
 impl Qcow2Image {
     /// Opens a qcow2 image and its backing chain from the headers.
-    pub fn open(path: &Path, read_only: bool, cache: CacheMode) -> Result<Qcow2Image, Error> {
+    /// `locking`: QEMU's image locks on every file of the chain.
+    pub fn open(path: &Path, read_only: bool, cache: CacheMode, locking: bool) -> Result<Qcow2Image, Error> {
         let layers = read_chain(path)?;
-        let (access, locks) = open_layers(&layers, read_only, cache, path)?;
+        let (access, locks) = open_layers(&layers, read_only, cache, path, locking)?;
         Ok(Qcow2Image::new(access, info_of(&layers), cache, locks))
     }
 
     fn new(access: FormatAccess<File>, info: ImageInfo, cache: CacheMode, locks: Vec<ImageLock>) -> Qcow2Image {
-        let align = access.req_align().max(access.mem_align()).max(1);
         let zero_granularity = access.inner().zero_granularity();
-        Qcow2Image { img: RwLock::new(access), info, align, zero_granularity, no_flush: cache.no_flush(), _locks: locks }
+        Qcow2Image { img: RwLock::new(access), info, zero_granularity, no_flush: cache.no_flush(), _locks: locks }
     }
 
     /// QEMU's snapshot=on: a new qcow2 overlay in `dir` over the image at
@@ -220,16 +227,16 @@ impl Qcow2Image {
     /// overlay only. The overlay's file is unlinked once open, so it goes
     /// with the process however it ends. Returns the image and the
     /// overlay's (removed) file name.
-    pub fn snapshot(path: &Path, format: Format, cache: CacheMode, dir: &Path) -> Result<(Qcow2Image, PathBuf), Error> {
+    pub fn snapshot(path: &Path, format: Format, cache: CacheMode, dir: &Path, locking: bool) -> Result<(Qcow2Image, PathBuf), Error> {
         let fail = |reason: String| Error::Open { path: path.to_path_buf(), reason };
         let (base, base_info, locks) = match format {
             Format::Qcow2 => {
                 let layers = read_chain(path)?;
-                let (access, locks) = open_layers(&layers, true, cache, path)?;
+                let (access, locks) = open_layers(&layers, true, cache, path, locking)?;
                 (access, info_of(&layers), locks)
             }
             Format::Raw => {
-                let lock = lock::lock(path, false).map_err(fail)?;
+                let lock = if locking { Some(lock::lock(path, false).map_err(fail)?) } else { None };
                 let raw = storage(path, false, cache)
                     .and_then(|f| Raw::<File>::builder(f).write(false).open(DenyImplicitOpenGate::default()))
                     .map_err(|e| fail(reason_at(path, &e)))?;
@@ -242,7 +249,7 @@ impl Qcow2Image {
                     backing_format: None,
                     backing: None,
                 };
-                (access, info, vec![lock])
+                (access, info, lock.into_iter().collect())
             }
         };
         let abs = std::fs::canonicalize(path).map_err(|e| fail(reason(&e)))?;
@@ -330,11 +337,11 @@ impl BlockDriver for Qcow2Image {
     }
 
     fn flush(&self) -> IoResult<()> {
+        let img = self.shared();
+        img.flush().map_err(|e| errno(&e))?;
         if self.no_flush {
             return Ok(());
         }
-        let img = self.shared();
-        img.flush().map_err(|e| errno(&e))?;
         img.sync().map_err(|e| errno(&e))
     }
 
@@ -371,10 +378,6 @@ impl BlockDriver for Qcow2Image {
             return Err(Errno::ENOTSUP);
         }
         img.resize_grow(size, imago::format::PreallocateMode::None).map_err(|e| errno(&e))
-    }
-
-    fn request_alignment(&self) -> usize {
-        self.align
     }
 
     fn image_info(&self) -> Option<ImageInfo> {

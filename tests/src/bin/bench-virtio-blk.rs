@@ -13,9 +13,9 @@
 //! that reads hit allocated pages; every VMM uses the host page cache
 //! (cache=writeback: L1's tmpfs refuses O_DIRECT) and io_uring.
 //!
-//! With `BENCH_FORMAT=qcow2` the same random data is in a qcow2 image
-//! (`qemu-img convert`, every cluster allocated) and every VMM opens it as
-//! qcow2 (ours through imago, QEMU its own driver): the section is then
+//! With `BENCH_FORMAT=qcow2` the image is a 512 MiB qcow2 image with every
+//! cluster written (`qemu-img create` and `qemu-io`) and every VMM opens it
+//! as qcow2 (ours through imago, QEMU its own driver): the section is then
 //! "qcow2", with no target.
 //!
 //! Usage: cargo run --release -p e2e --bin bench-virtio-blk [-- RUNS SECONDS]
@@ -44,7 +44,7 @@ fn main() {
         std::process::exit(1);
     }
     let qemu = Path::new("/usr/bin/qemu-system-x86_64");
-    let qemu_img = Path::new("/usr/bin/qemu-img");
+    let (qemu_img, qemu_io) = (Path::new("/usr/bin/qemu-img"), Path::new("/usr/bin/qemu-io"));
     let qcow2 = std::env::var("BENCH_FORMAT").is_ok_and(|f| f == "qcow2");
     let fmt = if qcow2 { "qcow2" } else { "raw" };
     let firmware = [Path::new("/usr/share/qemu/qboot.rom"), Path::new("/usr/share/qemu/bios-microvm.bin")];
@@ -74,9 +74,15 @@ fn main() {
     let cmdline = format!("console=ttyS0 panic=-1 quiet run=\"{}\"", guest.join("; "));
     let script = format!(
         r#"
-img=$WORK/disk.raw
-dd if=/dev/urandom of=$img bs=1M count=512 2>/dev/null
-if [ {fmt} = qcow2 ]; then qemu-img convert -f raw -O qcow2 $img $WORK/disk.qcow2 && rm $img && img=$WORK/disk.qcow2; fi
+if [ {fmt} = qcow2 ]; then
+    # L1's tmpfs has no room for a raw copy too: every cluster written by
+    # qemu-io instead.
+    img=$WORK/disk.qcow2
+    qemu-img create -q -f qcow2 $img 512M && qemu-io -f qcow2 -c 'write -P 0x5a 0 512M' $img >/dev/null || echo "IMAGE-FAILED error"
+else
+    img=$WORK/disk.raw
+    dd if=/dev/urandom of=$img bs=1M count=512 2>/dev/null
+fi
 tag() {{ while IFS= read -r line; do case "$line" in 3\;*) echo "FIO vmm=$1 $line";; *rror*|*fio*|*FIO*|*vmm:*|*qemu*) echo "$1: $line";; esac; done; }}
 # run NAME CMD...: one guest, bounded, so that a hang costs one run (said
 # as HUNG, and counted as runs without a result), not the whole benchmark.
@@ -114,10 +120,10 @@ done
          fio 3.33 in the guest on /dev/vda, `--direct=1 --ioengine=libaio --iodepth=32`, {secs} s per job; \
          ours against QEMU `-M microvm,acpi=on` with virtio-blk-device, with an iothread (`-object iothread`, \
          `iothread=` on the device) and without. All three: 1 vCPU, 1 GiB, the same kernel and initramfs, a \
-         512 MiB {} of random data on L1's tmpfs, cache=writeback, aio=io_uring. Medians (min - max) \
+         512 MiB {} on L1's tmpfs, cache=writeback, aio=io_uring. Medians (min - max) \
          of {runs} alternating runs.",
         where_guests_run(),
-        if qcow2 { "qcow2 image (`qemu-img convert` of the raw one: every cluster allocated, 64 KiB clusters; ours through imago)" } else { "raw image" }
+        if qcow2 { "qcow2 image (64 KiB clusters, every one written by `qemu-io` beforehand; ours through imago)" } else { "raw image of random data" }
     ));
     s.line("");
     let mut rows = Vec::new();
@@ -131,7 +137,7 @@ done
             // SAFETY: no other thread runs yet that reads the environment.
             unsafe { std::env::set_var("VMM_L1_CPUS", cpus.to_string()) };
         }
-        let run = e2e::run_scenario_with(&script, TIMEOUT, &[qemu, qemu_img], &[firmware[0], firmware[1], &initrd]);
+        let run = e2e::run_scenario_with(&script, TIMEOUT, &[qemu, qemu_img, qemu_io], &[firmware[0], firmware[1], &initrd]);
         for l in run.lines.iter().filter(|l| l.contains("FIO-FAILED") || l.contains("rror") || l.starts_with("HUNG") || l.starts_with("EXIT")) {
             eprintln!("L1 CPUs {cpus}: {l}");
         }

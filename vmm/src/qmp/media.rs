@@ -158,7 +158,12 @@ fn close_tray(d: &Drive, name: &str) -> Result<(), QmpError> {
 /// Opens an image as QEMU's bdrv_open: `format` None probes (and says on
 /// stderr that probing a raw image is unsafe, as QEMU does).
 fn open_image(filename: &str, format: Option<Format>, read_only: bool, cache: CacheMode) -> Result<Node, QmpError> {
-    let o = block::image::OpenOptions { format, read_only, cache, snapshot: false };
+    open_image_locked(filename, format, read_only, cache, true)
+}
+
+/// `open_image`; `locking` false for QEMU's locking=off or force-share=on.
+fn open_image_locked(filename: &str, format: Option<Format>, read_only: bool, cache: CacheMode, locking: bool) -> Result<Node, QmpError> {
+    let o = block::image::OpenOptions { format, read_only, cache, snapshot: false, no_lock: !locking };
     let opened = block::image::open(Path::new(filename), &o).map_err(|e| match e {
         block::Error::Open { reason, .. } => err(format!("Could not open '{filename}': {reason}")),
         other => err(other.to_string()),
@@ -169,9 +174,6 @@ fn open_image(filename: &str, format: Option<Format>, read_only: bool, cache: Ca
     Ok(Node { driver: opened.driver, filename: filename.to_string(), read_only })
 }
 
-fn open_raw(filename: &str, read_only: bool, cache: CacheMode) -> Result<Node, QmpError> {
-    open_image(filename, Some(Format::Raw), read_only, cache)
-}
 
 /// Two names of one file (device and inode).
 fn same_file(a: &str, b: &str) -> bool {
@@ -335,10 +337,22 @@ pub fn blockdev_add(drives: &[Drive], nodes: &mut Nodes, args: &Map<String, Valu
         return Err(err("Node name too long".into()));
     }
     let read_only = a.opt_bool("read-only")?.unwrap_or(false);
+    // QEMU's locking (on, off, auto) and force-share (read-only nodes
+    // only): either turns our image locks off for this node.
+    let force_share = a.opt_bool("force-share")?.unwrap_or(false);
+    if force_share && !read_only {
+        return Err(err("force-share=on can only be used with read-only images".into()));
+    }
+    let locking = match a.opt_str("locking")? {
+        None | Some("on") | Some("auto") => !force_share,
+        Some("off") => false,
+        Some(other) => return Err(err(format!("Parameter 'locking' does not accept value '{other}'"))),
+    };
+    let cache = CacheMode::default();
     let node = match driver {
-        "file" => open_raw(a.str("filename")?, read_only, CacheMode::default())?,
-        "raw" => open_raw(&file_child(driver, args)?, read_only, CacheMode::default())?,
-        "qcow2" => open_image(&file_child(driver, args)?, Some(Format::Qcow2), read_only, CacheMode::default())?,
+        "file" => open_image_locked(a.str("filename")?, Some(Format::Raw), read_only, cache, locking)?,
+        "raw" => open_image_locked(&file_child(driver, args)?, Some(Format::Raw), read_only, cache, locking)?,
+        "qcow2" => open_image_locked(&file_child(driver, args)?, Some(Format::Qcow2), read_only, cache, locking)?,
         "null-co" => {
             let size = a.opt_u64("size")?.unwrap_or(1 << 30);
             Node { driver: Arc::new(NullDriver::new(size)), filename: "null-co://".into(), read_only }
