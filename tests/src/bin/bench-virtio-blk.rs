@@ -98,7 +98,9 @@ run() {{
     *) echo "EXIT $name status $rc";;
     esac
 }}
-Q="qemu-system-x86_64 -M microvm,acpi=on -enable-kvm -cpu host -m 1G -smp 1 -nodefaults -no-user-config -display none -serial stdio"
+# -no-reboot: a guest that resets ends its run, as ours does (a reset
+# ends our VMM), instead of rerunning the jobs until the time limit.
+Q="qemu-system-x86_64 -M microvm,acpi=on -enable-kvm -cpu host -m 1G -smp 1 -nodefaults -no-user-config -display none -serial stdio -no-reboot"
 D="-drive file=$img,if=none,id=d0,format={fmt},cache=writeback,aio=io_uring"
 for i in $(seq {runs}); do
     run ours $VMM --kernel $IMAGES/vmlinuz --initrd {initrd} --memory 1G --drive if=virtio,file=$img,format={fmt},cache=writeback,aio=io_uring --cmdline '{cmdline}'
