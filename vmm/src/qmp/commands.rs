@@ -434,6 +434,44 @@ mod tests {
     }
 
     #[test]
+    fn qcow2_media_show_their_chain_in_query_block() {
+        if !std::process::Command::new("qemu-img").arg("--version").output().is_ok_and(|o| o.status.success()) {
+            println!("SKIPPED: qemu-img not found");
+            return;
+        }
+        let d = std::env::temp_dir().join(format!("vmm-qmp-qcow2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("base.raw"), vec![1u8; 1 << 20]).unwrap();
+        for args in [["-b", "base.raw", "-F", "raw", "mid.qcow2"], ["-b", "mid.qcow2", "-F", "qcow2", "top.qcow2"]] {
+            let o = std::process::Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).args(args).current_dir(&d).output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        let (mut s, mut m) = (Session { negotiated: true }, Fake::default());
+        let b = Arc::new(BlockBackend::new("qcow-d"));
+        m.drives.push(Drive { backend: b.clone(), qdev: "qcow-d".into(), cache: Default::default() });
+        let top = d.join("top.qcow2").display().to_string();
+        let r = send(&mut s, &mut m, json!({"execute": "blockdev-change-medium", "arguments": {"device": "qcow-d", "filename": top, "format": "qcow2"}}));
+        assert_eq!(r, json!({"return": {}}));
+        let r = send(&mut s, &mut m, json!({"execute": "query-block"}));
+        let ins = &r["return"][0]["inserted"];
+        assert_eq!((ins["drv"].as_str(), ins["backing_file"].as_str(), ins["backing_file_depth"].as_u64()), (Some("qcow2"), Some("mid.qcow2"), Some(2)));
+        let img = &ins["image"];
+        assert_eq!((img["format"].as_str(), img["virtual-size"].as_u64()), (Some("qcow2"), Some(1 << 20)));
+        assert_eq!(img["backing-filename-format"], "qcow2");
+        assert_eq!(img["backing-image"]["backing-image"]["format"], "raw");
+        assert!(img["backing-image"]["backing-image"]["filename"].as_str().unwrap().ends_with("base.raw"));
+        // A qcow2 node, and a raw file that says it is qcow2.
+        let file = |f: &str| json!({"driver": "file", "filename": d.join(f).display().to_string()});
+        let r = send(&mut s, &mut m, json!({"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "n1", "read-only": true, "file": file("mid.qcow2")}}));
+        assert_eq!(r, json!({"return": {}}));
+        let r = send(&mut s, &mut m, json!({"execute": "blockdev-add", "arguments": {"driver": "qcow2", "node-name": "n2", "file": file("base.raw")}}));
+        assert!(r["error"]["desc"].as_str().unwrap().contains("not a qcow2 image"), "{r}");
+        drop(m);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn query_block_shows_a_drive_and_its_medium() {
         let b = Arc::new(BlockBackend::new("ide1-cd0"));
         let d = Drive { backend: b.clone(), qdev: "ide1-cd0".into(), cache: Default::default() };
