@@ -28,8 +28,17 @@ impl Errno {
 /// BLOCK_IO_ERROR `reason` carries it: without Rust's " (os error N)".
 impl std::fmt::Display for Errno {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = std::io::Error::from_raw_os_error(self.0).to_string();
-        f.write_str(s.split(" (os error").next().unwrap_or(&s))
+        f.write_str(&os_reason(&std::io::Error::from_raw_os_error(self.0)))
+    }
+}
+
+/// An I/O error's text without Rust's " (os error N)" suffix, for
+/// messages that name the file themselves (QEMU's wording).
+pub fn os_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
     }
 }
 

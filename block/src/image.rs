@@ -7,7 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::driver::BlockDriver;
+use crate::driver::{os_reason, BlockDriver};
 use crate::drivers::lock;
 use crate::drivers::options::CacheMode;
 use crate::drivers::qcow2::{Qcow2Image, MAGIC};
@@ -100,17 +100,18 @@ pub fn snapshot_dir() -> PathBuf {
     std::env::var_os("TMPDIR").filter(|d| !d.is_empty()).map_or_else(|| PathBuf::from("/var/tmp"), PathBuf::from)
 }
 
-fn io_reason(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    s.split(" (os error").next().unwrap_or(&s).to_string()
-}
-
 /// Opens `path` as a drive's medium.
 pub fn open(path: &Path, o: &OpenOptions) -> Result<Opened, Error> {
     let fail = |reason: String| Error::Open { path: path.to_path_buf(), reason };
+    // The first bytes, read once: to probe, or to check that an image
+    // given as qcow2 is one.
+    let head = match o.format {
+        Some(Format::Raw) => None,
+        _ => Some(probe(path).map_err(|e| fail(os_reason(&e)))?),
+    };
     let (format, warning) = match o.format {
         Some(f) => (f, None),
-        None => match probe(path).map_err(|e| fail(io_reason(&e)))? {
+        None => match head.unwrap_or(Format::Raw) {
             Format::Raw => (
                 Format::Raw,
                 Some(format!(
@@ -135,7 +136,7 @@ pub fn open(path: &Path, o: &OpenOptions) -> Result<Opened, Error> {
             Arc::new(raw)
         }
         Format::Qcow2 => {
-            if probe(path).map_err(|e| fail(io_reason(&e)))? != Format::Qcow2 {
+            if head != Some(Format::Qcow2) {
                 return Err(fail("not a qcow2 image (no qcow2 header)".into()));
             }
             Arc::new(Qcow2Image::open(path, o.read_only, o.cache, !o.no_lock)?)

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use block::driver::os_reason;
 use block::{AioEngine, CacheMode, DiscardMode, OnError};
 
 use crate::cli::Cli;
@@ -233,21 +234,13 @@ pub fn parse_serial(s: &str) -> Result<SerialOutput, ConfigError> {
 
 fn check_readable(what: &'static str, path: &Path) -> Result<File, ConfigError> {
     let file_err = |reason: String| ConfigError::File { what, path: path.to_path_buf(), reason };
-    let meta = std::fs::metadata(path).map_err(|e| file_err(io_reason(&e)))?;
+    let meta = std::fs::metadata(path).map_err(|e| file_err(os_reason(&e)))?;
     if meta.is_dir() {
         return Err(file_err("is a directory".into()));
     }
-    File::open(path).map_err(|e| file_err(io_reason(&e)))
+    File::open(path).map_err(|e| file_err(os_reason(&e)))
 }
 
-/// The OS error text without Rust's "(os error N)" suffix.
-fn io_reason(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
-}
 
 /// Checks the kernel's magic numbers up front, so a wrong file is a clear
 /// error before the VM exists. The actual loading is linux-loader's.
@@ -260,7 +253,7 @@ fn kernel_format(path: &Path) -> Result<KernelFormat, ConfigError> {
             Ok(0) => break,
             Ok(k) => n += k,
             Err(e) => {
-                return Err(ConfigError::File { what: "--kernel", path: path.into(), reason: io_reason(&e) })
+                return Err(ConfigError::File { what: "--kernel", path: path.into(), reason: os_reason(&e) })
             }
         }
     }
@@ -465,7 +458,7 @@ fn split_drive_spec(spec: &str) -> Vec<String> {
 
 fn check_drive_file(path: &Path, readonly: bool) -> Result<(), String> {
     let name = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("file '{name}': {}", io_reason(&e)))?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("file '{name}': {}", os_reason(&e)))?;
     if meta.is_dir() {
         return Err(format!("file '{name}': is a directory"));
     }
@@ -473,7 +466,7 @@ fn check_drive_file(path: &Path, readonly: bool) -> Result<(), String> {
         .read(true)
         .write(!readonly)
         .open(path)
-        .map_err(|e| format!("file '{name}': {}", io_reason(&e)))?;
+        .map_err(|e| format!("file '{name}': {}", os_reason(&e)))?;
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use imago::qcow2::Qcow2;
 use imago::raw::Raw;
 use imago::{DenyImplicitOpenGate, FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Storage, StorageCreateOptions, StorageOpenOptions};
 
-use crate::driver::{BlockDriver, Errno, IoResult};
+use crate::driver::{os_reason, BlockDriver, Errno, IoResult};
 use crate::drivers::lock::{self, ImageLock};
 use crate::drivers::options::CacheMode;
 use crate::image::{Format, ImageInfo};
@@ -66,15 +66,10 @@ fn errno(e: &io::Error) -> Errno {
     }
 }
 
-fn reason(e: &io::Error) -> String {
-    let s = e.to_string();
-    s.split(" (os error").next().unwrap_or(&s).to_string()
-}
-
 /// `reason`, without the "PATH: " imago puts before its messages (the
 /// caller names the file already).
 fn reason_at(path: &Path, e: &io::Error) -> String {
-    let r = reason(e);
+    let r = os_reason(e);
     r.strip_prefix(&format!("{}: ", path.display())).map(str::to_string).unwrap_or(r)
 }
 
@@ -97,17 +92,17 @@ struct Layer {
 /// (relative names are relative to the directory of the image that names
 /// them, as in QEMU) and format (from the header, or probed). Every error
 /// names the top image and, for a backing file, that file.
-fn read_chain(top: &Path) -> Result<Vec<Layer>, Error> {
+fn read_chain(top: &Path, top_format: Format) -> Result<Vec<Layer>, Error> {
     let fail = |reason: String| Error::Open { path: top.to_path_buf(), reason };
     let mut layers: Vec<Layer> = Vec::new();
     let mut seen: Vec<(u64, u64)> = Vec::new();
-    let (mut path, mut format) = (top.to_path_buf(), Format::Qcow2);
+    let (mut path, mut format) = (top.to_path_buf(), top_format);
     loop {
         let backing = !layers.is_empty();
         let what = |r: String| if backing { format!("could not open backing file '{}': {r}", path.display()) } else { r };
         // A file is known by device and inode: hard links and symlinks to
         // one image are one image.
-        let canon = std::fs::metadata(&path).map(|m| (m.dev(), m.ino())).map_err(|e| fail(what(reason(&e))))?;
+        let canon = std::fs::metadata(&path).map(|m| (m.dev(), m.ino())).map_err(|e| fail(what(os_reason(&e))))?;
         if seen.contains(&canon) {
             return Err(fail(format!("backing file loop: '{}' is in its own backing chain", path.display())));
         }
@@ -117,7 +112,11 @@ fn read_chain(top: &Path) -> Result<Vec<Layer>, Error> {
         seen.push(canon);
         let layer = match format {
             Format::Raw => {
-                let size = std::fs::metadata(&path).map_err(|e| fail(what(reason(&e))))?.len();
+                // The end of the file, or of a block device (whose
+                // metadata says 0).
+                let size = std::fs::File::open(&path)
+                    .and_then(|mut f| std::io::Seek::seek(&mut f, std::io::SeekFrom::End(0)))
+                    .map_err(|e| fail(what(os_reason(&e))))?;
                 Layer { path: path.clone(), format, size, backing_name: None, backing_format: None }
             }
             Format::Qcow2 => {
@@ -148,7 +147,7 @@ fn read_chain(top: &Path) -> Result<Vec<Layer>, Error> {
             Some("raw") | Some("file") => Format::Raw,
             Some(other) => return Err(fail(format!("backing file '{}': format '{other}' is not supported (raw or qcow2)", next.display()))),
             // QEMU probes a backing file whose format the header omits.
-            None => crate::image::probe(&next).map_err(|e| fail(format!("could not open backing file '{}': {}", next.display(), reason(&e))))?,
+            None => crate::image::probe(&next).map_err(|e| fail(format!("could not open backing file '{}': {}", next.display(), os_reason(&e))))?,
         };
         path = next;
     }
@@ -212,7 +211,7 @@ impl Qcow2Image {
     /// Opens a qcow2 image and its backing chain from the headers.
     /// `locking`: QEMU's image locks on every file of the chain.
     pub fn open(path: &Path, read_only: bool, cache: CacheMode, locking: bool) -> Result<Qcow2Image, Error> {
-        let layers = read_chain(path)?;
+        let layers = read_chain(path, Format::Qcow2)?;
         let (access, locks) = open_layers(&layers, read_only, cache, path, locking)?;
         Ok(Qcow2Image::new(access, info_of(&layers), cache, locks))
     }
@@ -229,51 +228,27 @@ impl Qcow2Image {
     /// overlay's (removed) file name.
     pub fn snapshot(path: &Path, format: Format, cache: CacheMode, dir: &Path, locking: bool) -> Result<(Qcow2Image, PathBuf), Error> {
         let fail = |reason: String| Error::Open { path: path.to_path_buf(), reason };
-        let (base, base_info, locks) = match format {
-            Format::Qcow2 => {
-                let layers = read_chain(path)?;
-                let (access, locks) = open_layers(&layers, true, cache, path, locking)?;
-                (access, info_of(&layers), locks)
-            }
-            Format::Raw => {
-                let lock = if locking { Some(lock::lock(path, false).map_err(fail)?) } else { None };
-                let raw = storage(path, false, cache)
-                    .and_then(|f| Raw::<File>::builder(f).write(false).open(DenyImplicitOpenGate::default()))
-                    .map_err(|e| fail(reason_at(path, &e)))?;
-                let access = FormatAccess::new(raw);
-                let info = ImageInfo {
-                    filename: path.display().to_string(),
-                    format,
-                    virtual_size: access.size(),
-                    backing_filename: None,
-                    backing_format: None,
-                    backing: None,
-                };
-                (access, info, lock.into_iter().collect())
-            }
-        };
-        let abs = std::fs::canonicalize(path).map_err(|e| fail(reason(&e)))?;
+        let layers = read_chain(path, format)?;
+        let (base, locks) = open_layers(&layers, true, cache, path, locking)?;
+        let base_info = info_of(&layers);
+        let abs = std::fs::canonicalize(path).map_err(|e| fail(os_reason(&e)))?;
         let size = base.size();
         let tmp = temp_name(dir);
         let file = File::create_open(StorageCreateOptions::new().filename(&tmp).overwrite(false))
-            .map_err(|e| fail(format!("cannot create the snapshot overlay '{}': {}", tmp.display(), reason(&e))))?;
-        let fmt_name = match format {
-            Format::Qcow2 => "qcow2",
-            Format::Raw => "raw",
-        };
+            .map_err(|e| fail(format!("cannot create the snapshot overlay '{}': {}", tmp.display(), os_reason(&e))))?;
         let overlay = Qcow2::<File>::create_builder(file)
-            .backing(abs.display().to_string(), fmt_name.to_string())
+            .backing(abs.display().to_string(), format.name().to_string())
             .size(size)
             .create_open(DenyImplicitOpenGate::default(), |f| Ok(Qcow2::<File>::builder(f).write(true).backing(Some(base))));
         // The overlay is ours alone: gone from the directory at once.
         let _ = std::fs::remove_file(&tmp);
-        let overlay = overlay.map_err(|e| fail(format!("cannot create the snapshot overlay '{}': {}", tmp.display(), reason(&e))))?;
+        let overlay = overlay.map_err(|e| fail(format!("cannot create the snapshot overlay '{}': {}", tmp.display(), os_reason(&e))))?;
         let info = ImageInfo {
             filename: tmp.display().to_string(),
             format: Format::Qcow2,
             virtual_size: size,
             backing_filename: Some(abs.display().to_string()),
-            backing_format: Some(fmt_name.to_string()),
+            backing_format: Some(format.name().to_string()),
             backing: Some(Box::new(base_info)),
         };
         Ok((Qcow2Image::new(FormatAccess::new(overlay), info, cache, locks), tmp))

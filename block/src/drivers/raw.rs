@@ -13,7 +13,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::driver::{AsyncMode, BlockDriver, Errno, IoResult};
+use crate::driver::{os_reason, AsyncMode, BlockDriver, Errno, IoResult};
 use crate::iov::{advance, dup_all, total_len, zero, IoVec};
 use crate::drivers::options::CacheMode;
 use crate::Error;
@@ -31,16 +31,10 @@ pub struct RawFile {
     lock: Option<crate::drivers::lock::ImageLock>,
 }
 
-/// The OS error text without Rust's "(os error N)" suffix.
-fn reason(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    s.split(" (os error").next().unwrap_or(&s).to_string()
-}
-
 impl RawFile {
     pub fn open(path: &Path, read_only: bool, cache: CacheMode) -> Result<RawFile, Error> {
         let err = |r: String| Error::Open { path: path.to_path_buf(), reason: r };
-        let meta = std::fs::metadata(path).map_err(|e| err(reason(&e)))?;
+        let meta = std::fs::metadata(path).map_err(|e| err(os_reason(&e)))?;
         if meta.is_dir() {
             return Err(err("is a directory".into()));
         }
@@ -56,7 +50,7 @@ impl RawFile {
             if cache.direct() && e.raw_os_error() == Some(libc::EINVAL) {
                 err(format!("the filesystem does not support O_DIRECT (cache={}); use cache=writeback", if cache == CacheMode::None { "none" } else { "directsync" }))
             } else {
-                err(reason(&e))
+                err(os_reason(&e))
             }
         })?;
         let mut raw = RawFile { file, path: path.to_path_buf(), cache, alignment: 1, size: AtomicU64::new(0), lock: None };
