@@ -323,7 +323,12 @@ impl BlockBackend {
     /// The medium's driver (`raw`, `null`, ...; the one under an injection
     /// layer), None without a medium.
     pub fn medium_driver(&self) -> Option<&'static str> {
-        self.st().medium.as_ref().map(|m| m.inject.as_ref().map_or(m.driver.name(), |i| i.inner().name()))
+        self.image_driver().map(|d| d.name())
+    }
+
+    /// The medium's own driver: under the injection layer, if there is one.
+    fn image_driver(&self) -> Option<Arc<dyn BlockDriver>> {
+        self.st().medium.as_ref().map(|m| m.inject.as_ref().map_or_else(|| m.driver.clone(), |i| i.inner().clone()))
     }
 
     /// The medium's injection layer (QMP x-block-error-inject), put in
@@ -348,8 +353,7 @@ impl BlockBackend {
     /// The medium's image format and backing chain (qcow2), for
     /// query-block; None for a raw file or no medium.
     pub fn medium_info(&self) -> Option<crate::image::ImageInfo> {
-        let d = self.st().medium.as_ref().map(|m| m.inject.as_ref().map_or(m.driver.clone(), |i| i.inner().clone()))?;
-        d.image_info()
+        self.image_driver()?.image_info()
     }
 
     /// The injection layer if there is one, for listing its rules.
@@ -687,6 +691,15 @@ impl BlockBackend {
         self.limits.enable();
     }
 
+    /// `io_limits_disable` on every drive of `backends` until the guard
+    /// is dropped, whatever way the scope is left.
+    pub fn lift_limits(backends: &[Arc<BlockBackend>]) -> LimitsLifted {
+        for b in backends {
+            b.io_limits_disable();
+        }
+        LimitsLifted(backends.to_vec())
+    }
+
     pub(crate) fn limits(&self) -> &DriveLimits {
         &self.limits
     }
@@ -784,6 +797,18 @@ impl BlockBackend {
         }
         for b in backends {
             b.drained_end();
+        }
+    }
+}
+
+/// Drives whose I/O limits are lifted (`BlockBackend::lift_limits`) until
+/// this is dropped.
+pub struct LimitsLifted(Vec<Arc<BlockBackend>>);
+
+impl Drop for LimitsLifted {
+    fn drop(&mut self) {
+        for b in &self.0 {
+            b.io_limits_enable();
         }
     }
 }

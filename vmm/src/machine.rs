@@ -177,6 +177,11 @@ impl Controller {
         }
     }
 
+    /// Every drive's backend, in command-line order.
+    fn backends(&self) -> Vec<Arc<BlockBackend>> {
+        self.drives.iter().map(|d| d.backend.clone()).collect()
+    }
+
     fn event(&mut self, name: &str, data: Option<Value>) {
         self.events.push(qmp::protocol::event(name, data));
     }
@@ -196,10 +201,8 @@ impl Controller {
         // A vCPU may be waiting in a throttled IDE request: its drive's
         // limits are lifted until the drain is done, as QEMU's drain
         // lifts them, so the vCPU can finish its exit and stop.
-        let backends: Vec<Arc<BlockBackend>> = self.drives.iter().map(|d| d.backend.clone()).collect();
-        for b in &backends {
-            b.io_limits_disable();
-        }
+        let backends = self.backends();
+        let _lifted = BlockBackend::lift_limits(&backends);
         if self.state.is_running() {
             let stuck = self.control.pause(&self.vcpus, PAUSE_LIMIT);
             if stuck > 0 {
@@ -217,9 +220,6 @@ impl Controller {
             h.vm_stop();
         }
         let busy = BlockBackend::drain_all_for(&backends, DRAIN_LIMIT);
-        for b in &backends {
-            b.io_limits_enable();
-        }
         for (drive, n) in &busy {
             eprintln!(
                 "vmm: drive '{drive}': {n} request(s) still in flight after {} s; stopped without waiting for them",
@@ -361,14 +361,11 @@ impl qmp::Machine for Controller {
         // IDE retries run here, on the control thread: not held by the
         // throttle, which would stall the control socket (they are still
         // accounted).
-        for d in &self.drives {
-            d.backend.io_limits_disable();
-        }
-        for c in &self.ide {
-            devices::bus::lock(c).resume();
-        }
-        for d in &self.drives {
-            d.backend.io_limits_enable();
+        {
+            let _lifted = BlockBackend::lift_limits(&self.backends());
+            for c in &self.ide {
+                devices::bus::lock(c).resume();
+            }
         }
         self.control.resume();
         self.set_state(RunState::Running);

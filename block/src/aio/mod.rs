@@ -219,7 +219,6 @@ fn new_ring() -> std::io::Result<(IoUring, bool)> {
     coop().build(RING_ENTRIES).or_else(|_| IoUring::new(RING_ENTRIES)).map(|r| (r, false))
 }
 
-
 impl IoQueue {
     /// A queue for `backend`. `AioEngine::IoUring` falls back to the thread
     /// pool, said once on stderr, when the kernel refuses io_uring.
@@ -821,7 +820,7 @@ impl Drop for IoQueue {
         self.parked.clear();
         // Throttled requests were admitted: they run now rather than wait
         // for their turn (their memory is valid until this returns).
-        self.backend.io_limits_disable();
+        let _lifted = BlockBackend::lift_limits(std::slice::from_ref(&self.backend));
         let mut sink = Vec::new();
         self.poll(&mut sink);
         while self.in_flight() > 0 {
@@ -829,7 +828,6 @@ impl Drop for IoQueue {
             self.poll(&mut sink);
         }
         self.ack();
-        self.backend.io_limits_enable();
         self.pool.close();
     }
 }

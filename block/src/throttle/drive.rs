@@ -70,7 +70,7 @@ impl DriveLimits {
 
     #[inline(never)]
     fn intercept_limited(&self, op: Op, bytes: u64) -> Option<Ticket> {
-        let member = self.current()?;
+        let member = self.member().clone()?;
         let dir = direction(op)?;
         let g = member.group().clone();
         let admission = g.lock().intercept(member.id(), dir, bytes, now_ns());

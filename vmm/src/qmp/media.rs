@@ -156,13 +156,9 @@ fn close_tray(d: &Drive, name: &str) -> Result<(), QmpError> {
 }
 
 /// Opens an image as QEMU's bdrv_open: `format` None probes (and says on
-/// stderr that probing a raw image is unsafe, as QEMU does).
-fn open_image(filename: &str, format: Option<Format>, read_only: bool, cache: CacheMode) -> Result<Node, QmpError> {
-    open_image_locked(filename, format, read_only, cache, true)
-}
-
-/// `open_image`; `locking` false for QEMU's locking=off or force-share=on.
-fn open_image_locked(filename: &str, format: Option<Format>, read_only: bool, cache: CacheMode, locking: bool) -> Result<Node, QmpError> {
+/// stderr that probing a raw image is unsafe, as QEMU does); `locking`
+/// false for QEMU's locking=off or force-share=on.
+fn open_image(filename: &str, format: Option<Format>, read_only: bool, cache: CacheMode, locking: bool) -> Result<Node, QmpError> {
     let o = block::image::OpenOptions { format, read_only, cache, snapshot: false, no_lock: !locking };
     let opened = block::image::open(Path::new(filename), &o).map_err(|e| match e {
         block::Error::Open { reason, .. } => err(format!("Could not open '{filename}': {reason}")),
@@ -173,7 +169,6 @@ fn open_image_locked(filename: &str, format: Option<Format>, read_only: bool, ca
     }
     Ok(Node { driver: opened.driver, filename: filename.to_string(), read_only })
 }
-
 
 /// Two names of one file (device and inode).
 fn same_file(a: &str, b: &str) -> bool {
@@ -275,7 +270,7 @@ pub fn change_medium(drives: &[Drive], a: Args<'_>) -> Result<(), QmpError> {
     // then the old medium goes first (if the file still fails to open, the
     // drive is left empty, as QEMU leaves it when the insert fails).
     let same = d.backend.medium_filename().is_some_and(|cur| same_file(&cur, filename));
-    let node = match open_image(filename, format, read_only, d.cache) {
+    let node = match open_image(filename, format, read_only, d.cache, true) {
         Ok(n) => Some(n),
         Err(e) if same && e.desc.contains(" lock ") => None,
         Err(e) => return Err(e),
@@ -287,7 +282,7 @@ pub fn change_medium(drives: &[Drive], a: Args<'_>) -> Result<(), QmpError> {
     remove_medium(d, &name)?;
     let node = match node {
         Some(n) => n,
-        None => open_image(filename, format, read_only, d.cache)?,
+        None => open_image(filename, format, read_only, d.cache, true)?,
     };
     insert_medium(d, &name, &node, None)?;
     close_tray(d, &name)
@@ -350,9 +345,9 @@ pub fn blockdev_add(drives: &[Drive], nodes: &mut Nodes, args: &Map<String, Valu
     };
     let cache = CacheMode::default();
     let node = match driver {
-        "file" => open_image_locked(a.str("filename")?, Some(Format::Raw), read_only, cache, locking)?,
-        "raw" => open_image_locked(&file_child(driver, args)?, Some(Format::Raw), read_only, cache, locking)?,
-        "qcow2" => open_image_locked(&file_child(driver, args)?, Some(Format::Qcow2), read_only, cache, locking)?,
+        "file" => open_image(a.str("filename")?, Some(Format::Raw), read_only, cache, locking)?,
+        "raw" => open_image(&file_child(driver, args)?, Some(Format::Raw), read_only, cache, locking)?,
+        "qcow2" => open_image(&file_child(driver, args)?, Some(Format::Qcow2), read_only, cache, locking)?,
         "null-co" => {
             let size = a.opt_u64("size")?.unwrap_or(1 << 30);
             Node { driver: Arc::new(NullDriver::new(size)), filename: "null-co://".into(), read_only }
